@@ -1,0 +1,150 @@
+"""Mesh construction and the logical-axis -> mesh-axis rule table.
+
+Parameters and activations carry *logical* axis names (embed, vocab, heads, mlp, ...); this file
+is the one place that decides which mesh axes they are split over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from research.config import ConfigError, MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated)
+DEFAULT_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "heads": "tensor",
+    "kv": None,  # head_dim
+    "head_dim": None,
+    "mlp": "tensor",
+    "layers": None,
+    "norm": None,
+}
+
+_active: dict[str, Any] = {"mesh": None, "rules": DEFAULT_RULES}
+
+
+def mesh_shape(mesh_cfg: MeshConfig, n_devices: int) -> dict[str, int]:
+    """Resolve -1 and check the product against the device count (one clear sentence if not)."""
+    sizes = {"data": mesh_cfg.data, "fsdp": mesh_cfg.fsdp, "tensor": mesh_cfg.tensor}
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ConfigError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1; fix the others to sizes.")
+    if free:
+        if n_devices % fixed:
+            raise ConfigError(
+                f"mesh sizes {sizes} cannot fill {n_devices} devices ({n_devices} is not divisible by {fixed}); "
+                "change the fixed mesh axes."
+            )
+        sizes[free[0]] = n_devices // fixed
+    elif fixed != n_devices:
+        raise ConfigError(
+            f"mesh data x fsdp x tensor = {fixed} but there are {n_devices} devices; "
+            "make the product match or set one axis to -1."
+        )
+    return sizes
+
+
+def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
+    devices = list(devices) if devices is not None else jax.devices()
+    sizes = mesh_shape(mesh_cfg, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    rules = dict(DEFAULT_RULES)
+    for name, axes in (overrides or {}).items():
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes)
+        bad = [a for a in (axes if isinstance(axes, tuple) else (axes,)) if a is not None and a not in MESH_AXES]
+        if bad:
+            raise ConfigError(f"mesh.rules.{name}={axes!r} names unknown mesh axes {bad}; use data, fsdp, tensor or null.")
+        rules[name] = axes
+    return rules
+
+
+def logical_to_spec(names: Sequence[str | None] | None, rules: Mapping[str, Any] | None = None) -> PartitionSpec:
+    """Map logical axis names to a PartitionSpec; a mesh axis is used at most once per array."""
+    rules = rules if rules is not None else _active["rules"]
+    if not names:
+        return PartitionSpec()
+    used: set[str] = set()
+    out = []
+    for name in names:
+        axes = rules.get(name) if name is not None else None
+        axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+        axes_t = tuple(a for a in axes_t if a not in used)
+        used.update(axes_t)
+        out.append(None if not axes_t else (axes_t[0] if len(axes_t) == 1 else axes_t))
+    return PartitionSpec(*out)
+
+
+def fit_spec_to_shape(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes that do not divide a dimension (e.g. vocab 50257 over tensor=2): replicate it."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+        size = math.prod(mesh.shape[a] for a in axes_t)
+        out.append(axes if size and dim % size == 0 else None)
+    return PartitionSpec(*out)
+
+
+def variable_spec(var: Any, mesh: Mesh, rules: Mapping[str, Any]) -> PartitionSpec:
+    names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
+    return fit_spec_to_shape(logical_to_spec(names, rules), var.shape, mesh)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, Any]) -> Any:
+    """NamedSharding for every variable of an (abstract) nnx.State, from its logical names."""
+    from flax import nnx
+
+    def to_sharding(var: Any) -> Any:
+        if isinstance(var, nnx.Variable):
+            return var.replace(NamedSharding(mesh, variable_spec(var, mesh, rules)))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(to_sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Mapping[str, Any]) -> Iterator[None]:
+    """Make `constrain` use this mesh and rule table (and set JAX's mesh context)."""
+    prev = dict(_active)
+    _active.update(mesh=mesh, rules=dict(rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _active.update(prev)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on an activation by logical names; a no-op outside `activate`."""
+    mesh = _active["mesh"]
+    if mesh is None or mesh.size == 1:
+        return x
+    spec = fit_spec_to_shape(logical_to_spec(names, _active["rules"]), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def batch_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules))
+
+
+def data_shards(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
+    axes = logical_to_spec(("batch",), rules)[0]
+    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+    return math.prod(mesh.shape[a] for a in axes_t)

@@ -1,0 +1,78 @@
+"""The jitted train and eval steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from research.train.state import TrainState
+
+
+def token_losses(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Array) -> jax.Array:
+    """Next-token cross-entropy per position, float32, shape [B, T]."""
+    model = nnx.merge(graphdef, params)
+    logits_BTV = model(tokens_BT1[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), tokens_BT1[:, 1:])
+
+
+def _loss_and_grads(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Array, microbatches: int):
+    def loss_fn(p: nnx.State, tokens: jax.Array) -> jax.Array:
+        return token_losses(graphdef, p, tokens).mean()
+
+    grad_fn = jax.value_and_grad(loss_fn)
+    if microbatches == 1:
+        return grad_fn(params, tokens_BT1)
+    tokens_MBT1 = tokens_BT1.reshape(microbatches, -1, tokens_BT1.shape[-1])
+
+    def accumulate(carry, tokens):
+        loss_sum, grad_sum = carry
+        loss, grads = grad_fn(params, tokens)
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), tokens_MBT1)
+    return loss_sum / microbatches, jax.tree.map(lambda g: g / microbatches, grad_sum)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state_shardings: TrainState,
+    batch_sharding: NamedSharding,
+    microbatches: int = 1,
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    def train_step(state: TrainState, tokens_BT1: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        loss, grads = _loss_and_grads(graphdef, state.params, tokens_BT1, microbatches)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+        return new_state, metrics
+
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, params_shardings: Any, batch_sharding: NamedSharding
+) -> Callable[[nnx.State, jax.Array], jax.Array]:
+    """Mean loss per sequence, shape [B] (the spread across sequences gives the standard error)."""
+
+    def eval_step(params: nnx.State, tokens_BT1: jax.Array) -> jax.Array:
+        return token_losses(graphdef, params, tokens_BT1).mean(axis=-1)
+
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding), out_shardings=replicated)
