@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from research.config import OptimConfig
+from research.model import decay_mask  # by name: matrices and token embedding only
 
 
 def lr_schedule(o: OptimConfig, steps: int, warmup: int) -> optax.Schedule:
@@ -27,11 +26,6 @@ def lr_schedule(o: OptimConfig, steps: int, warmup: int) -> optax.Schedule:
     if warmup == 0:
         return after
     return optax.join_schedules([warm, after], [warmup])
-
-
-def decay_mask(params: object) -> object:
-    """Weight decay on matrices and embeddings only (ndim >= 2), never on biases or LayerNorm."""
-    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
 def build_optimizer(o: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -1,0 +1,145 @@
+"""GPT building blocks in Flax NNX: LayerNorm, causal self-attention, MLP, transformer block.
+
+Every parameter carries logical axis names in its `out_sharding` metadata (see
+research/sharding.py for the logical -> mesh table). Parameters live in `param_dtype`; matmuls
+run in `compute_dtype`; LayerNorm statistics and the attention softmax run in float32. The
+residual stream itself is kept in float32 (as PyTorch autocast does for nanoGPT), so bf16 only
+touches the matmul inputs and the activations saved between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.config import ModelConfig, d_ff, d_head
+from research.sharding import constrain
+
+Init = Callable[..., jax.Array]
+BTD = ("batch", "length", "embed")
+
+
+def param(key: jax.Array | None, init: Init, shape: Sequence[int], names: Sequence[str | None], dtype) -> nnx.Param:
+    """A parameter with logical axis names as metadata only (eager sharding off).
+
+    Modules draw one key from `rngs` and split it, rather than one `rngs.params()` per
+    parameter: each draw costs time linear in the traced program under nnx.eval_shape, so
+    per-parameter draws make abstract init of a 96-layer model quadratic (~30 s for 175B).
+    """
+    return nnx.Param(init(key, tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False)
+
+
+def normal(std: float) -> Init:
+    return jax.nn.initializers.normal(stddev=std)
+
+
+zeros: Init = jax.nn.initializers.zeros
+ones: Init = jax.nn.initializers.ones
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=True)  # GPT-1/2/3 use the tanh approximation
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"model.activation={name!r} is not one of gelu, relu.")
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype, compute_dtype):
+        self.scale = param(None, ones, (dim,), ("norm",), param_dtype)
+        self.bias = param(None, zeros, (dim,), ("norm",), param_dtype)
+        self.eps = eps
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        x = x_BTD.astype(jnp.float32)  # statistics in float32 whatever the compute dtype
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.compute_dtype)
+
+
+class Attention(nnx.Module):
+    """Multi-head causal self-attention; `window` > 0 makes it locally banded (GPT-3 sparse)."""
+
+    def __init__(self, cfg: ModelConfig, *, window: int, residual_std: float, rngs: nnx.Rngs):
+        D, N, H = cfg.d_model, cfg.n_head, d_head(cfg)
+        pd = jnp.dtype(cfg.param_dtype)
+        k_qkv, k_out = jax.random.split(rngs.params())
+        # One fused kernel for q, k, v (like GPT-2's c_attn, reshaped so heads are their own axis).
+        self.qkv_kernel = param(k_qkv, normal(cfg.init_std), (D, 3, N, H), ("embed", None, "heads", "head_dim"), pd)
+        self.qkv_bias = param(None, zeros, (3, N, H), (None, "heads", "head_dim"), pd)
+        self.out_kernel = param(k_out, normal(residual_std), (N, H, D), ("heads", "head_dim", "embed"), pd)
+        self.out_bias = param(None, zeros, (D,), ("embed",), pd)
+        self.window = window
+        self.impl = None if cfg.attention_impl == "xla" else cfg.attention_impl
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        cd = self.compute_dtype
+        qkv_BTCNH = jnp.einsum("BTD,DCNH->BTCNH", x_BTD.astype(cd), self.qkv_kernel[...].astype(cd))
+        qkv_BTCNH = qkv_BTCNH + self.qkv_bias[...].astype(cd)
+        q_BTNH, k_BTNH, v_BTNH = (qkv_BTCNH[:, :, i] for i in range(3))
+        names = ("batch", "length", "heads", "head_dim")
+        q_BTNH, k_BTNH, v_BTNH = (constrain(t, names) for t in (q_BTNH, k_BTNH, v_BTNH))
+        # softmax(Q K^T / sqrt(d_head)) V with a causal mask; the softmax runs in float32.
+        o_BTNH = jax.nn.dot_product_attention(
+            q_BTNH,
+            k_BTNH,
+            v_BTNH,
+            is_causal=True,
+            local_window_size=(self.window - 1, 0) if self.window > 0 else None,
+            implementation=self.impl,
+        )
+        o_BTNH = constrain(o_BTNH, names)
+        y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
+        return y_BTD + self.out_bias[...].astype(cd)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, residual_std: float, rngs: nnx.Rngs):
+        D, F = cfg.d_model, d_ff(cfg)
+        pd = jnp.dtype(cfg.param_dtype)
+        k_in, k_out = jax.random.split(rngs.params())
+        self.in_kernel = param(k_in, normal(cfg.init_std), (D, F), ("embed", "mlp"), pd)
+        self.in_bias = param(None, zeros, (F,), ("mlp",), pd)
+        self.out_kernel = param(k_out, normal(residual_std), (F, D), ("mlp", "embed"), pd)
+        self.out_bias = param(None, zeros, (D,), ("embed",), pd)
+        self.act = activation_fn(cfg.activation)
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        cd = self.compute_dtype
+        h_BTF = x_BTD.astype(cd) @ self.in_kernel[...].astype(cd) + self.in_bias[...].astype(cd)
+        h_BTF = constrain(self.act(h_BTF), ("batch", "length", "mlp"))
+        return h_BTF @ self.out_kernel[...].astype(cd) + self.out_bias[...].astype(cd)
+
+
+class Block(nnx.Module):
+    """Transformer block: pre-LN (GPT-2/3) or post-LN (GPT-1), chosen by cfg.norm."""
+
+    def __init__(self, cfg: ModelConfig, *, local: bool, rngs: nnx.Rngs):
+        std = cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.scaled_residual_init else cfg.init_std
+        ln = dict(param_dtype=jnp.dtype(cfg.param_dtype), compute_dtype=jnp.dtype(cfg.compute_dtype))
+        self.ln1 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln)
+        self.attn = Attention(cfg, window=cfg.local_window if local else 0, residual_std=std, rngs=rngs)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln)
+        self.mlp = MLP(cfg, residual_std=std, rngs=rngs)
+        self.post_norm = cfg.norm == "post"
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        """x_BTD is the float32 residual stream; returns the same."""
+        x_BTD = constrain(x_BTD, BTD)
+        if self.post_norm:  # GPT-1: x = LN(x + attn(x)); x = LN(x + mlp(x))
+            x_BTD = self.ln1(x_BTD + self.attn(x_BTD).astype(jnp.float32)).astype(jnp.float32)
+            x_BTD = self.ln2(x_BTD + self.mlp(x_BTD).astype(jnp.float32)).astype(jnp.float32)
+        else:
+            x_BTD = x_BTD + self.attn(self.ln1(x_BTD)).astype(jnp.float32)
+            x_BTD = x_BTD + self.mlp(self.ln2(x_BTD)).astype(jnp.float32)
+        return constrain(x_BTD, BTD)

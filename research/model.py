@@ -1,0 +1,168 @@
+"""Flax NNX GPT family (GPT-1, GPT-2, GPT-3, nano sizes): one code path, variants by config.
+
+    gpt = GPT(cfg.model, rngs=nnx.Rngs(seed))
+    logits_BTV = gpt(tokens_BT)            # float32, exactly vocab_size columns
+
+Config fields pick the variant: `norm` (post = GPT-1, pre = GPT-2/3), `final_norm`,
+`tied_embeddings`, `scaled_residual_init`, `attention` (dense | alternating: odd layers use a
+locally banded causal mask of `local_window` tokens, GPT-3's sparse option), `attention_impl`,
+`param_dtype` / `compute_dtype`, `remat` and `scan_layers` (stacked layers with a leading
+'layers' axis, applied with nnx.scan; outputs equal the plain loop's).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.config import ModelConfig
+from research.layers import BTD, Block, LayerNorm, normal, param
+from research.sharding import constrain
+
+# Logical names are pure metadata; research/sharding.py maps them to mesh axes at jit time.
+nnx.use_eager_sharding(False)
+
+REMAT_POLICIES: dict[str, Any] = {
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
+}
+
+# Parameters that get weight decay (matrices); biases, LayerNorm and position tables do not.
+DECAYED = frozenset({"wte", "head", "qkv_kernel", "out_kernel", "in_kernel"})
+NOT_DECAYED = frozenset({"wpe", "qkv_bias", "out_bias", "in_bias", "scale", "bias"})
+
+
+def padded_vocab(cfg: ModelConfig) -> int:
+    m = max(1, cfg.vocab_pad_multiple)
+    return -(-cfg.vocab_size // m) * m
+
+
+def layer_period(cfg: ModelConfig) -> int:
+    """Layers per scanned group: 2 (dense, local) for alternating attention, else 1."""
+    return 2 if cfg.attention == "alternating" else 1
+
+
+def is_local_layer(cfg: ModelConfig, i: int) -> bool:
+    return cfg.attention == "alternating" and i % 2 == 1
+
+
+class LayerGroup(nnx.Module):
+    """`layer_period` consecutive blocks: the unit that scan_layers stacks along 'layers'."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.blocks = nnx.List([Block(cfg, local=is_local_layer(cfg, p), rngs=rngs) for p in range(layer_period(cfg))])
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            x_BTD = block(x_BTD)
+        return x_BTD
+
+
+def _apply(module: nnx.Module, x_BTD: jax.Array) -> jax.Array:
+    return module(x_BTD)
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.attention_impl == "cudnn" and cfg.compute_dtype != "bfloat16":
+            raise ValueError(
+                f"model.attention_impl=cudnn needs model.compute_dtype=bfloat16 (got {cfg.compute_dtype}); "
+                "set compute_dtype=bfloat16 or attention_impl=xla."
+            )
+        pd = jnp.dtype(cfg.param_dtype)
+        # Plain Python attributes only (cfg may be an OmegaConf node, which is not static-friendly).
+        self.vocab_size = int(cfg.vocab_size)
+        self.seq_len = int(cfg.seq_len)
+        self.remat = str(cfg.remat)
+        self.scan_layers = bool(cfg.scan_layers)
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        k_wte, k_wpe, k_head = jax.random.split(rngs.params(), 3)
+        self.wte = param(k_wte, normal(cfg.init_std), (padded_vocab(cfg), cfg.d_model), ("vocab", "embed"), pd)
+        self.wpe = param(k_wpe, normal(cfg.init_std), (cfg.seq_len, cfg.d_model), ("length", "embed"), pd)
+        if cfg.scan_layers:
+            period = layer_period(cfg)
+            if cfg.n_layer % period:
+                raise ValueError(
+                    f"model.scan_layers=true with model.attention=alternating needs an even model.n_layer "
+                    f"(got {cfg.n_layer}); use an even depth or model.scan_layers=false."
+                )
+
+            @nnx.split_rngs(splits=cfg.n_layer // period)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make_layers(r: nnx.Rngs) -> LayerGroup:
+                return LayerGroup(cfg, rngs=r)
+
+            self.layers = make_layers(rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, local=is_local_layer(cfg, i), rngs=rngs) for i in range(cfg.n_layer)])
+        ln = dict(param_dtype=pd, compute_dtype=self.compute_dtype)
+        self.ln_f = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln) if cfg.final_norm else None
+        self.head = (
+            None
+            if cfg.tied_embeddings
+            else param(k_head, normal(cfg.init_std), (cfg.d_model, padded_vocab(cfg)), ("embed", "vocab"), pd)
+        )
+
+    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+        cd = self.compute_dtype
+        T = tokens_BT.shape[1]
+        if T > self.seq_len:
+            raise ValueError(f"input length {T} is above model.seq_len={self.seq_len}; shorten the window.")
+        x_BTD = jnp.take(self.wte[...], tokens_BT, axis=0).astype(jnp.float32)
+        x_BTD = constrain(x_BTD + self.wpe[...][:T].astype(jnp.float32), BTD)
+
+        apply = _apply if self.remat == "none" else nnx.remat(_apply, policy=REMAT_POLICIES[self.remat])
+        if self.scan_layers:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def run_layers(x: jax.Array, group: LayerGroup) -> jax.Array:
+                return apply(group, x)
+
+            x_BTD = run_layers(x_BTD, self.layers)
+        else:
+            for block in self.blocks:
+                x_BTD = apply(block, x_BTD)
+
+        x_BTD = self.ln_f(x_BTD) if self.ln_f is not None else x_BTD
+        x_BTD = x_BTD.astype(cd)
+        if self.head is None:  # tied: logits = x @ wte^T
+            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.wte[...].astype(cd), preferred_element_type=jnp.float32)
+        else:
+            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head[...].astype(cd), preferred_element_type=jnp.float32)
+        logits_BTV = logits_BTV[..., : self.vocab_size]  # drop vocab padding columns
+        return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for training code and tests
+
+
+def abstract_model(cfg: ModelConfig, seed: int = 0) -> GPT:
+    """Shape-only model (no memory, no FLOPs): for counting and sharding big configs."""
+    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(seed)))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Parameters as allocated (includes vocab padding rows, if any)."""
+    return sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _param_name(path: tuple[Any, ...]) -> str:
+    for key in reversed(path):
+        name = getattr(key, "key", getattr(key, "name", key))
+        if isinstance(name, str) and (name in DECAYED or name in NOT_DECAYED):
+            return name
+    raise KeyError(f"unknown parameter path {path}")
+
+
+def decay_mask(params: Any) -> Any:
+    """Same-structure pytree of bools: True where weight decay applies (matrices only).
+
+    Decided by parameter name, not by ndim, because the attention biases are 2-D/3-D (heads
+    are their own axis) and the position table is a matrix that is not decayed (GPT-3).
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: _param_name(path) in DECAYED, params)
