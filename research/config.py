@@ -72,7 +72,7 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1  # on matrices and embeddings (ndim >= 2), not biases or LayerNorm
+    weight_decay: float = 0.1  # on matrices and the token embedding; not biases, LayerNorm, positions
     clip_norm: float = 1.0
     schedule: str = "cosine"  # cosine | constant | wsd
     warmup_steps: int | None = None  # wins over warmup_fraction when set
@@ -101,6 +101,23 @@ class TrainConfig:
     experiment: str = "default"
     run_name: str = "run"
     device_peak_flops: float | None = None  # override the peak table for MFU
+    # Bad steps (research/train/guards.py): a step whose loss or gradient norm is NaN/Inf, or whose
+    # loss spikes above mean + spike_factor x std of its running statistics, never updates the
+    # parameters; the policy says what happens next.
+    nan_policy: str = "skip"  # skip (drop the update) | rollback (to the last checkpoint) | stop
+    spike_factor: float = 6.0  # 0 disables spike detection
+    spike_window: int = 100  # horizon (steps) of the loss EMA; spikes are tested once it has filled
+    max_bad_steps: int = 3  # nan_policy=stop: this many consecutive bad steps stop the run
+    max_rollbacks: int = 5  # nan_policy=rollback: more rollbacks than this stop the run
+    # Resume: a run directory's own checkpoints always win; otherwise start from resume_from (a
+    # checkpoints folder or a run directory), which must lie inside the run directory unless
+    # allow_external_resume=true.
+    resume_from: str | None = None
+    allow_external_resume: bool = False
+    # Test hooks: poison the steps (1-based, = batch number) listed with NaN, Inf or a 100x loss.
+    debug_poison_steps: list[int] = field(default_factory=list)
+    debug_poison_kind: str = "nan"  # nan | inf | spike
+    debug_step_delay: float = 0.0  # test hook: seconds to sleep after each step (to interrupt a run mid-way)
 
 
 @dataclass
@@ -113,6 +130,30 @@ class MeshConfig:
 
 
 @dataclass
+class SweepConfig:
+    """What an experiment file (conf/experiment/*.yaml) tells research/sweep.py; unused by single runs."""
+
+    law: str = "kaplan_n"  # the law `make sweep` fits (python -m analysis fit --law)
+    ladder: dict[str, Any] = field(default_factory=dict)  # rung name -> {n_layer, d_model, n_head[, d_ff]}
+    size: str | None = None  # size ladders: this member's rung
+    compute: float | None = None  # IsoFLOP grids: this member's budget C = 6 N D (FLOPs)
+    offset: int = 0  # IsoFLOP grids: rungs above (+) or below (-) the one nearest the expected optimum
+    optimum_tokens_per_param: float = 20.0  # IsoFLOP grids: D/N at the expected optimum (Chinchilla: ~20)
+
+
+@dataclass
+class PlanConfig:
+    """What experiments/plan.py plans for beyond the model, mesh and train budget; unused by runs."""
+
+    devices: int | None = None  # devices to plan for (mesh -1 fills them); null: the mesh's fixed sizes (-1 -> 1)
+    device: str | None = "H100"  # peak FLOP/s and memory from research/flops.py's tables; null: no fit / wall time
+    device_memory_gb: float | None = None  # GB (1e9 bytes) per device; overrides the table
+    memory_fraction: float = 0.75  # usable share: JAX preallocates 75% of a GPU (XLA_PYTHON_CLIENT_MEM_FRACTION)
+    mfu: float = 0.4  # assumed model FLOPs utilisation (6N + 12LHQT convention) for the wall time
+    fit: str | None = None  # fit.json of `python -m analysis fit ... --law chinchilla`: N_opt, D_opt for the plan
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -120,6 +161,8 @@ class Config:
     train: TrainConfig = MISSING
     mesh: MeshConfig = MISSING
     output: str = "text"  # plan.py: text | json
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def register_configs() -> None:
@@ -130,6 +173,9 @@ def register_configs() -> None:
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="train", name="base_train", node=TrainConfig)
     cs.store(group="mesh", name="base_mesh", node=MeshConfig)
+    from research.sweep import register_resolvers  # the ${sweep.*} resolvers experiment files use
+
+    register_resolvers()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +190,8 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "optim.schedule": ("cosine", "constant", "wsd"),
+    "train.nan_policy": ("skip", "rollback", "stop"),
+    "train.debug_poison_kind": ("nan", "inf", "spike"),
 }
 
 
@@ -253,6 +301,7 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
     for key in ("eval_every", "log_every", "checkpoint_every", "eval_batches", "keep_checkpoints"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be positive; set it to at least 1.")
+    _validate_fault_tolerance(cfg)
 
     if o.lr <= 0:
         raise ConfigError(f"optim.lr={o.lr} must be positive; set a learning rate such as 3e-4.")
@@ -288,3 +337,55 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
                 f"mesh data x fsdp x tensor = {fixed} but there are {n_devices} devices; "
                 "make the product match or set one axis to -1."
             )
+        _validate_batch_shards(cfg, n_devices)
+
+
+def _validate_fault_tolerance(cfg: Config) -> None:
+    t, m, d = cfg.train, cfg.model, cfg.data
+    if not t.checkpoint_minutes > 0:
+        raise ConfigError(
+            f"train.checkpoint_minutes={t.checkpoint_minutes} must be positive; use a large value such as 1e9 "
+            "to save only every train.checkpoint_every steps."
+        )
+    if t.spike_factor < 0:
+        raise ConfigError(f"train.spike_factor={t.spike_factor} must be non-negative; use 0 to disable spike detection.")
+    if t.spike_window < 1:
+        raise ConfigError(f"train.spike_window={t.spike_window} must be at least 1; use e.g. 100 steps.")
+    if t.max_bad_steps < 1:
+        raise ConfigError(f"train.max_bad_steps={t.max_bad_steps} must be at least 1; use e.g. 3.")
+    if t.max_rollbacks < 1:
+        raise ConfigError(f"train.max_rollbacks={t.max_rollbacks} must be at least 1; use e.g. 5.")
+    bad = [s for s in t.debug_poison_steps if not isinstance(s, int) or s < 1]
+    if bad:
+        raise ConfigError(f"train.debug_poison_steps has {bad}, not positive step numbers; list steps from 1.")
+    if t.debug_step_delay < 0:
+        raise ConfigError(f"train.debug_step_delay={t.debug_step_delay} must be non-negative; use 0 (the default).")
+    if t.device_peak_flops is not None and t.device_peak_flops <= 0:
+        raise ConfigError(
+            f"train.device_peak_flops={t.device_peak_flops} must be positive; leave it null to use the peak table."
+        )
+    if isinstance(d.vocab_size, int) and d.vocab_size > m.vocab_size:
+        raise ConfigError(
+            f"data.vocab_size={d.vocab_size} is above model.vocab_size={m.vocab_size}, so the tokenizer would emit ids "
+            "the model cannot embed; set data.vocab_size <= model.vocab_size (it follows model.vocab_size by default)."
+        )
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={d.val_fraction} must lie in (0, 1); use e.g. 0.02.")
+    if t.resume_from is not None and not str(t.resume_from).strip():
+        raise ConfigError("train.resume_from is empty; give a checkpoints folder or run directory, or null.")
+
+
+def _validate_batch_shards(cfg: Config, n_devices: int) -> None:
+    """The global batch must split evenly over the mesh axes the batch is sharded on."""
+    from research import sharding  # imports this module
+
+    sizes = sharding.mesh_shape(cfg.mesh, n_devices)
+    axes = sharding.logical_to_spec(("batch",), sharding.make_rules(cfg.mesh.rules))[0]
+    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+    shards = math.prod(sizes[a] for a in axes_t)
+    t = cfg.train
+    if t.batch_size % (shards * t.microbatches):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by the {shards} data shards x "
+            f"{t.microbatches} microbatches; pick a multiple of {shards * t.microbatches}."
+        )

@@ -24,6 +24,10 @@ TB_TAGS = {
     "mfu": "mfu",
     "tokens": "tokens",
     "flops": "flops",
+    "nonfinite_steps": "health/nonfinite_steps",
+    "spike_steps": "health/spike_steps",
+    "skipped_steps": "health/skipped_steps",
+    "rollbacks": "health/rollbacks",
 }
 
 
@@ -43,8 +47,18 @@ class TensorBoardWriter:
         self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def restart_at(self, step: int) -> None:
-        """After a resume: TensorBoard drops events logged past `step` by the interrupted run."""
+        """After a resume from step s, call with s + 1: TensorBoard drops the events an interrupted
+        session logged at `step` or later (its SessionLog START purges steps >= `step`)."""
         self._writer.add_event(Event(wall_time=time.time(), step=int(step), session_log=SessionLog(status=SessionLog.START)))
+
+    def hparams(self, values: dict[str, Any], trial_id: str | None = None) -> None:
+        """The run's hyperparameters for TensorBoard's HParams dashboard (a session-start summary; no
+        TensorFlow needed). `tensorboard --logdir <sweep dir>` then tabulates every member against its metrics."""
+        from tensorboard.plugins.hparams import summary_v2
+
+        clean = {k: v for k, v in values.items() if isinstance(v, bool | int | float | str)}
+        summary = summary_v2.hparams_pb(clean, trial_id=trial_id)
+        self._writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
 
     def flush(self) -> None:
         self._writer.flush()

@@ -85,6 +85,20 @@ BAD = [
     ({"mesh.data": -1, "mesh.fsdp": -1}, "only one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
     ({"mesh.tensor": 0}, "mesh.tensor=0"),
     ({"mesh.data": 2}, "mesh data x fsdp x tensor = 2 but there are 1 devices"),
+    # fault tolerance (research/train/guards.py, research/checkpoint.py)
+    ({"train.nan_policy": "ignore"}, "train.nan_policy='ignore' is not one of skip, rollback, stop"),
+    ({"train.debug_poison_kind": "zero"}, "train.debug_poison_kind"),
+    ({"train.checkpoint_minutes": 0.0}, "train.checkpoint_minutes=0.0 must be positive"),
+    ({"train.spike_factor": -1.0}, "train.spike_factor=-1.0 must be non-negative"),
+    ({"train.spike_window": 0}, "train.spike_window=0 must be at least 1"),
+    ({"train.max_bad_steps": 0}, "train.max_bad_steps=0 must be at least 1"),
+    ({"train.max_rollbacks": 0}, "train.max_rollbacks=0 must be at least 1"),
+    ({"train.debug_poison_steps": [0, 3]}, "train.debug_poison_steps has [0]"),
+    ({"train.debug_step_delay": -1.0}, "train.debug_step_delay=-1.0 must be non-negative"),
+    ({"train.device_peak_flops": 0.0}, "train.device_peak_flops=0.0 must be positive"),
+    ({"data.vocab_size": 512}, "data.vocab_size=512 is above model.vocab_size=256"),
+    ({"data.val_fraction": 0.0}, "data.val_fraction=0.0 must lie in (0, 1)"),
+    ({"train.resume_from": " "}, "train.resume_from is empty"),
 ]
 
 

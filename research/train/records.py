@@ -12,6 +12,9 @@ RESULT_FIELDS = (
     "status", "experiment", "run_name", "model", "params", "params_nonembed", "params_embed", "tokens", "steps",
     "batch_tokens", "seq_len", "flops", "flops_model", "final_train_loss", "final_val_loss", "val_bpb",
     "tokens_per_second", "mfu", "wall_seconds", "device", "n_devices", "config", "git_sha", "error",
+    # bad steps (research/train/guards.py): NaN/Inf steps, loss spikes, updates not applied, rollbacks
+    "nonfinite_steps", "spike_steps", "skipped_steps", "rollbacks",
+    "attention_impl",  # the attention kernel that ran (xla, or cudnn when the fast path was available)
 )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from research import sharding
 from research.config import ModelConfig
+from research.train.guards import GuardState, init_guard
 
 
 @struct.dataclass
@@ -21,6 +22,7 @@ class TrainState:
     params: nnx.State
     opt_state: optax.OptState
     rng: jax.Array  # uint32 key data (raw, so it checkpoints as a plain array)
+    guard: GuardState  # bad-step counters and loss statistics (research/train/guards.py)
 
 
 def make_model_factory(model_cfg: ModelConfig) -> Callable[[jax.Array], nnx.Module]:
@@ -48,8 +50,9 @@ def _init_fn(model_cfg: ModelConfig, tx: optax.GradientTransformation) -> Callab
         model = make(init_key)
         params = nnx.state(model, nnx.Param)
         return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.key_data(run_key)
-        )
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+            rng=jax.random.key_data(run_key), guard=init_guard(),
+        )  # fmt: skip
 
     return init
 

@@ -11,6 +11,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from research.train import guards
+from research.train.guards import GuardConfig
 from research.train.state import TrainState
 
 
@@ -28,7 +30,9 @@ def _loss_and_grads(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.A
     grad_fn = jax.value_and_grad(loss_fn)
     if microbatches == 1:
         return grad_fn(params, tokens_BT1)
-    tokens_MBT1 = tokens_BT1.reshape(microbatches, -1, tokens_BT1.shape[-1])
+    # Microbatch m takes rows m, m + M, m + 2M, ...: every device keeps its own rows in every microbatch
+    # (a contiguous split would put each microbatch on a few devices and all-gather it inside the loop).
+    tokens_MBT1 = tokens_BT1.reshape(-1, microbatches, tokens_BT1.shape[-1]).swapaxes(0, 1)
 
     def accumulate(carry, tokens):
         loss_sum, grad_sum = carry
@@ -47,20 +51,38 @@ def make_train_step(
     state_shardings: TrainState,
     batch_sharding: NamedSharding,
     microbatches: int = 1,
-) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    def train_step(state: TrainState, tokens_BT1: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    guard: GuardConfig | None = None,
+    poison: bool = False,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """train_step(state, tokens) -> (state, metrics). A bad step (non-finite or spiking loss, see
+    guards.py) leaves parameters and optimizer state unchanged; the step counter always advances.
+    With poison=True (test hook) the step takes a third argument, a float32 scale applied to the
+    loss and gradients (NaN, Inf or 100 to inject a bad step; 1 otherwise)."""
+    guard = guard or GuardConfig()
+
+    def train_step(state: TrainState, tokens_BT1: jax.Array, scale: jax.Array | None = None):
         loss, grads = _loss_and_grads(graphdef, state.params, tokens_BT1, microbatches)
+        if scale is not None:
+            loss, grads = loss * scale, jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+        ok, guard_state = guards.guard_step(state.guard, state.step + 1, loss, grad_norm, guard)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=guards.select(ok, params, state.params),
+            opt_state=guards.select(ok, opt_state, state.opt_state),
+            guard=guard_state,
+        )
+        # the optimizer's schedule counts applied updates only (skipped ones leave its count alone)
+        lr = schedule(state.step - state.guard.skipped)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, **guards.guard_metrics(guard_state)}
         return new_state, metrics
 
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(
         train_step,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, replicated) if poison else (state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
