@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research.config import ModelConfig, d_ff, d_head
-from research.sharding import constrain
+from research.sharding import constrain, resolve_attention_impl
 
 Init = Callable[..., jax.Array]
 BTD = ("batch", "length", "embed")
@@ -78,7 +78,7 @@ class Attention(nnx.Module):
         self.out_kernel = param(k_out, normal(residual_std), (N, H, D), ("heads", "head_dim", "embed"), pd)
         self.out_bias = param(None, zeros, (D,), ("embed",), pd)
         self.window = window
-        self.impl = None if cfg.attention_impl == "xla" else cfg.attention_impl
+        self.impl = None if resolve_attention_impl(cfg) == "xla" else "cudnn"  # warns once on a fallback
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
@@ -100,6 +100,29 @@ class Attention(nnx.Module):
         o_BTNH = constrain(o_BTNH, names)
         y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
         return y_BTD + self.out_bias[...].astype(cd)
+
+    def decode(
+        self, x_BTD: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array, pos: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """KV-cache attention (sampling): the T new tokens at positions pos..pos+T-1 write their keys and
+        values into the fixed-size cache [B, S, N, H] and attend to every cached position up to their own
+        (and within the band for a local layer). Same parameters and math as __call__; always XLA."""
+        cd = self.compute_dtype
+        qkv_BTCNH = jnp.einsum("BTD,DCNH->BTCNH", x_BTD.astype(cd), self.qkv_kernel[...].astype(cd))
+        qkv_BTCNH = qkv_BTCNH + self.qkv_bias[...].astype(cd)
+        q_BTNH, k_BTNH, v_BTNH = (qkv_BTCNH[:, :, i] for i in range(3))
+        k_BSNH = jax.lax.dynamic_update_slice_in_dim(k_BSNH, k_BTNH.astype(k_BSNH.dtype), pos, axis=1)
+        v_BSNH = jax.lax.dynamic_update_slice_in_dim(v_BSNH, v_BTNH.astype(v_BSNH.dtype), pos, axis=1)
+        q_pos_T1 = pos + jnp.arange(q_BTNH.shape[1])[:, None]
+        k_pos_1S = jnp.arange(k_BSNH.shape[1])[None, :]
+        mask_TS = k_pos_1S <= q_pos_T1  # causal; cache slots past the newest token are never read
+        if self.window > 0:
+            mask_TS = mask_TS & (k_pos_1S > q_pos_T1 - self.window)
+        o_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BSNH.astype(cd), v_BSNH.astype(cd), mask=mask_TS[None, None], implementation="xla"
+        )
+        y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
+        return y_BTD + self.out_bias[...].astype(cd), k_BSNH, v_BSNH
 
 
 class MLP(nnx.Module):
@@ -143,3 +166,17 @@ class Block(nnx.Module):
             x_BTD = x_BTD + self.attn(self.ln1(x_BTD)).astype(jnp.float32)
             x_BTD = x_BTD + self.mlp(self.ln2(x_BTD)).astype(jnp.float32)
         return constrain(x_BTD, BTD)
+
+    def decode(
+        self, x_BTD: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array, pos: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """__call__ with KV-cache attention (see Attention.decode); returns (x, k cache, v cache)."""
+        if self.post_norm:
+            a_BTD, k_BSNH, v_BSNH = self.attn.decode(x_BTD, k_BSNH, v_BSNH, pos)
+            x_BTD = self.ln1(x_BTD + a_BTD.astype(jnp.float32)).astype(jnp.float32)
+            x_BTD = self.ln2(x_BTD + self.mlp(x_BTD).astype(jnp.float32)).astype(jnp.float32)
+        else:
+            a_BTD, k_BSNH, v_BSNH = self.attn.decode(self.ln1(x_BTD), k_BSNH, v_BSNH, pos)
+            x_BTD = x_BTD + a_BTD.astype(jnp.float32)
+            x_BTD = x_BTD + self.mlp(self.ln2(x_BTD)).astype(jnp.float32)
+        return x_BTD, k_BSNH, v_BSNH

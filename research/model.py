@@ -68,11 +68,6 @@ def _apply(module: nnx.Module, x_BTD: jax.Array) -> jax.Array:
 
 class GPT(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        if cfg.attention_impl == "cudnn" and cfg.compute_dtype != "bfloat16":
-            raise ValueError(
-                f"model.attention_impl=cudnn needs model.compute_dtype=bfloat16 (got {cfg.compute_dtype}); "
-                "set compute_dtype=bfloat16 or attention_impl=xla."
-            )
         pd = jnp.dtype(cfg.param_dtype)
         # Plain Python attributes only (cfg may be an OmegaConf node, which is not static-friendly).
         self.vocab_size = int(cfg.vocab_size)
@@ -135,6 +130,59 @@ class GPT(nnx.Module):
             logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head[...].astype(cd), preferred_element_type=jnp.float32)
         logits_BTV = logits_BTV[..., : self.vocab_size]  # drop vocab padding columns
         return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    # -- KV-cache decoding (research/sampling.py); the training forward above does not use these --------
+
+    def init_cache(self, batch_size: int, dtype: Any = None) -> Any:
+        """Empty key/value cache for `batch_size` sequences of up to model.seq_len tokens (compute dtype):
+        a list of per-layer {k, v} [B, S, N, H] arrays, or stacked [groups, period, B, S, N, H] arrays
+        for scan_layers models."""
+        dtype = jnp.dtype(dtype or self.compute_dtype)
+        if self.scan_layers:
+            groups, _, _, n_head, d_head = self.layers.blocks[0].attn.qkv_kernel.shape
+            shape = (groups, len(self.layers.blocks), batch_size, self.seq_len, n_head, d_head)
+            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        _, _, n_head, d_head = self.blocks[0].attn.qkv_kernel.shape
+        shape = (batch_size, self.seq_len, n_head, d_head)
+        return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in self.blocks]
+
+    def decode(self, tokens_BT: jax.Array, cache: Any, pos: jax.Array) -> tuple[jax.Array, Any]:
+        """Logits [B, T, V] for tokens at positions pos..pos+T-1 given the cache of positions < pos, and
+        the cache with these T positions written. T = the prompt length for a prefill, 1 per new token.
+        Equals __call__ on the whole prefix (tests/test_sample.py); pos + T must not exceed model.seq_len."""
+        T = tokens_BT.shape[1]
+        x_BTD = jnp.take(self.wte[...], tokens_BT, axis=0).astype(jnp.float32)
+        x_BTD = x_BTD + jax.lax.dynamic_slice_in_dim(self.wpe[...], pos, T, axis=0).astype(jnp.float32)
+        if self.scan_layers:
+
+            @nnx.scan(
+                in_axes=(nnx.Carry, 0, 0, 0, None),
+                out_axes=(nnx.Carry, 0, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            def run_layers(x: jax.Array, group: LayerGroup, k_P: jax.Array, v_P: jax.Array, pos: jax.Array):
+                ks, vs = [], []
+                for p, block in enumerate(group.blocks):
+                    x, k, v = block.decode(x, k_P[p], v_P[p], pos)
+                    ks.append(k)
+                    vs.append(v)
+                return x, jnp.stack(ks), jnp.stack(vs)
+
+            x_BTD, k, v = run_layers(x_BTD, self.layers, cache["k"], cache["v"], pos)
+            cache = {"k": k, "v": v}
+        else:
+            new_cache = []
+            for block, layer_cache in zip(self.blocks, cache, strict=True):
+                x_BTD, k, v = block.decode(x_BTD, layer_cache["k"], layer_cache["v"], pos)
+                new_cache.append({"k": k, "v": v})
+            cache = new_cache
+        cd = self.compute_dtype
+        x_BTD = (self.ln_f(x_BTD) if self.ln_f is not None else x_BTD).astype(cd)
+        if self.head is None:
+            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.wte[...].astype(cd), preferred_element_type=jnp.float32)
+        else:
+            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head[...].astype(cd), preferred_element_type=jnp.float32)
+        return logits_BTV[..., : self.vocab_size].astype(jnp.float32), cache
 
 
 # ---------------------------------------------------------------------------------------------
