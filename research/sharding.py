@@ -7,6 +7,8 @@ is the one place that decides which mesh axes they are split over.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -15,6 +17,8 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from research.config import ConfigError, MeshConfig
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -71,7 +75,9 @@ def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             axes = tuple(axes)
         bad = [a for a in (axes if isinstance(axes, tuple) else (axes,)) if a is not None and a not in MESH_AXES]
         if bad:
-            raise ConfigError(f"mesh.rules.{name}={axes!r} names unknown mesh axes {bad}; use data, fsdp, tensor or null.")
+            raise ConfigError(
+                f"mesh.rules.{name}={axes!r} names unknown mesh axes {bad}; use data, fsdp, tensor or null."
+            )
         rules[name] = axes
     return rules
 
@@ -148,3 +154,72 @@ def data_shards(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
     axes = logical_to_spec(("batch",), rules)[0]
     axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
     return math.prod(mesh.shape[a] for a in axes_t)
+
+
+def describe(mesh: Mesh) -> str:
+    """'data=2 x fsdp=2 x tensor=2 over 8 cpu devices' (for logs and benchmark output)."""
+    axes = " x ".join(f"{a}={mesh.shape[a]}" for a in mesh.axis_names)
+    return f"{axes} over {mesh.size} {mesh.devices.flat[0].platform} devices"
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention implementation: the fast path when it can run, else xla with one loud warning.
+
+_warned_attention: set[tuple[str, str]] = set()
+
+
+def resolve_attention_impl(model_cfg: Any, platform: str | None = None) -> str:
+    """The attention implementation that actually runs for this model: 'xla' or 'cudnn'.
+
+    model.attention_impl=cudnn (cuDNN flash attention) needs a GPU and bfloat16/float16 compute,
+    and a head size cuDNN supports; it is also test-compiled once for the model's shapes. When
+    it cannot run, this logs one warning per (request, reason) and returns 'xla', so a run never
+    silently trains on the slower kernel: the warning names the cause, and the loop records the
+    path that ran as results.json's attention_impl.
+    """
+    requested = str(model_cfg.attention_impl)
+    if requested != "cudnn":
+        return "xla"
+    platform = platform or jax.default_backend()
+    reason = _cudnn_unavailable(
+        platform, str(model_cfg.compute_dtype), int(model_cfg.n_head),
+        int(model_cfg.d_head or model_cfg.d_model // model_cfg.n_head), int(model_cfg.seq_len),
+        int(model_cfg.local_window) if model_cfg.attention == "alternating" else 0,
+    )  # fmt: skip
+    if reason is None:
+        return "cudnn"
+    if (requested, reason) not in _warned_attention:
+        _warned_attention.add((requested, reason))
+        log.warning(
+            "SLOW ATTENTION: model.attention_impl=cudnn was asked for but %s; falling back to the xla attention "
+            "kernel (slower, more memory). Set model.attention_impl=xla to silence this.", reason,
+        )  # fmt: skip
+    return "xla"
+
+
+@functools.cache
+def _cudnn_unavailable(platform: str, compute_dtype: str, n_head: int, d_head: int, seq_len: int,
+                       window: int) -> str | None:  # fmt: skip
+    """None when cuDNN flash attention compiles for these shapes, else the reason it cannot."""
+    if platform not in ("gpu", "cuda"):
+        return f"the backend is {platform}, not a CUDA GPU"
+    if compute_dtype not in ("bfloat16", "float16"):
+        return f"cuDNN flash attention needs model.compute_dtype=bfloat16 (got {compute_dtype})"
+    if d_head % 8 or d_head > 256:
+        return f"cuDNN flash attention needs a head size that is a multiple of 8 and at most 256 (got {d_head})"
+    import jax.numpy as jnp
+
+    T = min(seq_len, 256)
+    qkv = jax.ShapeDtypeStruct((1, T, n_head, d_head), jnp.dtype(compute_dtype))
+    local = (window - 1, 0) if window > 0 else None
+
+    def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, implementation="cudnn")
+        return out.astype(jnp.float32).sum()
+
+    try:  # forward and backward, as training runs them
+        jax.jit(jax.grad(attend, argnums=(0, 1, 2))).lower(qkv, qkv, qkv).compile()
+    except Exception as e:  # noqa: BLE001 - any failure means: not available here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return f"cuDNN attention did not compile for these shapes ({type(e).__name__}: {first})"
+    return None

@@ -255,10 +255,11 @@ def test_bfloat16():
     assert 0 < err < 0.05  # bf16 matmuls: close to float32, not identical
 
 
-def test_cudnn_needs_bfloat16():
-    with pytest.raises(ValueError, match="compute_dtype"):
-        abstract_model(tiny(attention_impl="cudnn"))
-    abstract_model(tiny(attention_impl="cudnn", compute_dtype="bfloat16"))  # builds; runs on a GPU only
+def test_cudnn_off_gpu_falls_back_to_xla():
+    # cuDNN needs a GPU and bf16: elsewhere the model builds with the xla kernel (and warns once;
+    # see tests/test_sharding.py for the warning and the run's record of the path).
+    for cfg in (tiny(attention_impl="cudnn"), tiny(attention_impl="cudnn", compute_dtype="bfloat16")):
+        assert abstract_model(cfg).blocks[0].attn.impl is None
 
 
 def test_too_long_input_is_an_error():
