@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 EXPERIMENT ?= cpu_sweep
+SWEEP_DIR = runs/$(EXPERIMENT)
+LAW ?=
+FIT_ARGS ?= --bootstrap 1000
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -12,7 +15,7 @@ PYTEST_ARGS ?=
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data train sweep test lint bench bench-fit plan tensorboard clean
+.PHONY: setup data train sweep test lint bench bench-wheels bench-fit plan tensorboard clean
 
 setup: $(STAMP)
 
@@ -28,8 +31,14 @@ data: setup
 train: data
 	$(PY) experiments/train.py $(ARGS)
 
+# The sweep (conf/experiment/$(EXPERIMENT).yaml) as a Hydra multirun into runs/$(EXPERIMENT)/, then the
+# fit of the experiment's law (sweep.law; LAW= overrides) with its figures into runs/$(EXPERIMENT)/fit/.
+# Finished members are skipped, interrupted ones resume, failed ones rerun.
 sweep: data
-	$(PY) experiments/train.py $(ARGS)
+	$(PY) experiments/train.py -m +experiment=$(EXPERIMENT) $(ARGS)
+	$(PY) -m analysis fit $(SWEEP_DIR) --law $(or $(LAW),$$($(PY) -m research.sweep law $(EXPERIMENT))) \
+		--out $(SWEEP_DIR)/fit $(FIT_ARGS)
+	$(PY) -m research.sweep report $(SWEEP_DIR)
 
 test: data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -39,6 +48,24 @@ lint: setup
 
 plan: setup
 	$(PY) experiments/plan.py $(ARGS)
+
+# Times the jitted train step after warm-up: compile time, step time, tokens/s, TFLOP/s and MFU in both
+# FLOP conventions, the data loader's tokens/s beside it. The CPU set here (nano_xl, nanogpt_bench_s/m);
+# gpt2_small 32x1024 (bf16, cuDNN attention) on a GPU. ARGS: e.g. --model nano_m --mesh fsdp --batch 32.
+bench: setup
+	$(PY) experiments/bench.py $(ARGS)
+
+# The wheels a bare GPU image (Python 3.12, JAX, no Hydra/grain) needs for `bash experiments/bench_device.sh`,
+# pinned to this venv's versions, into .whl/ (git-ignored; carry it to the device).
+BENCH_WHEELS := flax hydra-core omegaconf grain array-record portpicker
+bench-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -m pip freeze | grep -iE '^($(subst $(eval) ,|,$(subst -,.,$(BENCH_WHEELS))))==')
+	$(PY) -m pip wheel -q --no-deps -w .whl $$($(PY) -m pip freeze | grep -i '^antlr4-python3-runtime==')
+	ls -la .whl
 
 bench-fit: setup
 	$(PY) -m analysis bench
