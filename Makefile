@@ -11,6 +11,10 @@ FIT_ARGS ?= --bootstrap 1000
 ARGS ?=
 PYTEST_ARGS ?=
 
+# CPU runtime for train, sweep and bench: tcmalloc via LD_PRELOAD when installed (else one line says how to
+# install it) and the XLA CPU flags of research/runtime.py; it prints what it applied. RUNTIME= runs bare.
+RUNTIME ?= $(PY) -m research.runtime --
+
 # Persistent XLA compilation cache shared by runs, sweeps and tests.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export PYTHONUNBUFFERED := 1
@@ -23,19 +27,20 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[dev]"
+	-@$(PY) -m research.runtime --install-tcmalloc
 	touch $(STAMP)
 
 data: setup
 	$(PY) -m research.data
 
 train: data
-	$(PY) experiments/train.py $(ARGS)
+	$(RUNTIME) $(PY) experiments/train.py $(ARGS)
 
 # The sweep (conf/experiment/$(EXPERIMENT).yaml) as a Hydra multirun into runs/$(EXPERIMENT)/, then the
 # fit of the experiment's law (sweep.law; LAW= overrides) with its figures into runs/$(EXPERIMENT)/fit/.
 # Finished members are skipped, interrupted ones resume, failed ones rerun.
 sweep: data
-	$(PY) experiments/train.py -m +experiment=$(EXPERIMENT) $(ARGS)
+	$(RUNTIME) $(PY) experiments/train.py -m +experiment=$(EXPERIMENT) $(ARGS)
 	$(PY) -m analysis fit $(SWEEP_DIR) --law $(or $(LAW),$$($(PY) -m research.sweep law $(EXPERIMENT))) \
 		--out $(SWEEP_DIR)/fit $(FIT_ARGS)
 	$(PY) -m research.sweep report $(SWEEP_DIR)
@@ -53,7 +58,7 @@ plan: setup
 # FLOP conventions, the data loader's tokens/s beside it. The CPU set here (nano_xl, nanogpt_bench_s/m);
 # gpt2_small 32x1024 (bf16, cuDNN attention) on a GPU. ARGS: e.g. --model nano_m --mesh fsdp --batch 32.
 bench: setup
-	$(PY) experiments/bench.py $(ARGS)
+	$(RUNTIME) $(PY) experiments/bench.py $(ARGS)
 
 # The wheels a bare GPU image (Python 3.12, JAX, no Hydra/grain) needs for `bash experiments/bench_device.sh`,
 # pinned to this venv's versions, into .whl/ (git-ignored; carry it to the device).

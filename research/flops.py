@@ -62,7 +62,7 @@ def flops_per_token(m: ModelConfig, seq_len: int | None = None) -> dict[str, int
 # "bfloat16": bf16 tensor-core / MXU peak. "float32": what a float32 matmul gets under JAX's
 # default precision: TF32 tensor cores on Ampere and newer, bf16 passes on TPU, FP32 on V100.
 
-CPU_FLOPS_PER_CORE = 50e9  # ESTIMATE: one AVX2/AVX-512 core at ~50 GFLOP/s float32 in XLA matmuls
+CPU_FLOPS_PER_CORE = 160e9  # ESTIMATE: an AVX-512 core, 2 FMA units x 16 float32 x 2 FLOP x ~2.5 GHz
 
 DEVICE_PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},

@@ -49,6 +49,38 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     raise ValueError(f"model.activation={name!r} is not one of gelu, relu.")
 
 
+ATTENTION_BLOCK = 64  # query rows per block in blocked_causal_attention (best of 32/64/128 on the CPU, docs/performance.md)
+
+
+def blocked_causal_attention(
+    q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array, window: int = 0, block: int = ATTENTION_BLOCK
+) -> jax.Array:
+    """Causal softmax(Q K^T / sqrt(d_head)) V, the math of jax.nn.dot_product_attention(is_causal=True) (scores
+    and softmax in float32, probabilities cast to the value dtype), for the CPU: each block of `block` queries
+    meets only the keys up to its last row (and, with window > 0, none before its band), so the masked upper
+    triangle is never computed (5/8 of the full T x T work at T = 4 blocks), and the batched matmuls run
+    heads-major on contiguous blocks. About 2x less CPU time than the full-matrix kernel at T = 256."""
+    B, T, N, H = q_BTNH.shape
+    scale = 1.0 / math.sqrt(H)
+    q_BNTH, k_BNTH, v_BNTH = (jnp.swapaxes(t, 1, 2) for t in (q_BTNH, k_BTNH, v_BTNH))
+    outs = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        k0 = max(0, start - window + 1) if window > 0 else 0
+        s_BNQK = jnp.einsum(
+            "BNQH,BNKH->BNQK", q_BNTH[:, :, start:end], k_BNTH[:, :, k0:end], preferred_element_type=jnp.float32
+        )
+        q_pos_Q1 = jnp.arange(start, end)[:, None]
+        k_pos_1K = jnp.arange(k0, end)[None, :]
+        mask_QK = k_pos_1K <= q_pos_Q1
+        if window > 0:
+            mask_QK = mask_QK & (k_pos_1K > q_pos_Q1 - window)
+        s_BNQK = jnp.where(mask_QK, s_BNQK * scale, jnp.finfo(jnp.float32).min)
+        p_BNQK = jax.nn.softmax(s_BNQK, axis=-1).astype(v_BTNH.dtype)
+        outs.append(jnp.einsum("BNQK,BNKH->BNQH", p_BNQK, v_BNTH[:, :, k0:end]))
+    return jnp.swapaxes(jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0], 1, 2)
+
+
 class LayerNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, *, param_dtype, compute_dtype):
         self.scale = param(None, ones, (dim,), ("norm",), param_dtype)
@@ -79,24 +111,30 @@ class Attention(nnx.Module):
         self.out_bias = param(None, zeros, (D,), ("embed",), pd)
         self.window = window
         self.impl = None if resolve_attention_impl(cfg) == "xla" else "cudnn"  # warns once on a fallback
+        # On the CPU the XLA kernel materialises the whole T x T score matrix: use the blocked one there.
+        self.blocked = self.impl is None and jax.default_backend() == "cpu"
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         cd = self.compute_dtype
         qkv_BTCNH = jnp.einsum("BTD,DCNH->BTCNH", x_BTD.astype(cd), self.qkv_kernel[...].astype(cd))
         qkv_BTCNH = qkv_BTCNH + self.qkv_bias[...].astype(cd)
-        q_BTNH, k_BTNH, v_BTNH = (qkv_BTCNH[:, :, i] for i in range(3))
+        # split, not three index ops: its gradient is one concatenate rather than three pads and adds
+        q_BTNH, k_BTNH, v_BTNH = (t[:, :, 0] for t in jnp.split(qkv_BTCNH, 3, axis=2))
         names = ("batch", "length", "heads", "head_dim")
         q_BTNH, k_BTNH, v_BTNH = (constrain(t, names) for t in (q_BTNH, k_BTNH, v_BTNH))
         # softmax(Q K^T / sqrt(d_head)) V with a causal mask; the softmax runs in float32.
-        o_BTNH = jax.nn.dot_product_attention(
-            q_BTNH,
-            k_BTNH,
-            v_BTNH,
-            is_causal=True,
-            local_window_size=(self.window - 1, 0) if self.window > 0 else None,
-            implementation=self.impl,
-        )
+        if self.blocked:
+            o_BTNH = blocked_causal_attention(q_BTNH, k_BTNH, v_BTNH, self.window)
+        else:
+            o_BTNH = jax.nn.dot_product_attention(
+                q_BTNH,
+                k_BTNH,
+                v_BTNH,
+                is_causal=True,
+                local_window_size=(self.window - 1, 0) if self.window > 0 else None,
+                implementation=self.impl,
+            )
         o_BTNH = constrain(o_BTNH, names)
         y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
         return y_BTD + self.out_bias[...].astype(cd)

@@ -112,7 +112,7 @@ def test_device_peaks_and_mfu(monkeypatch):
     assert device_peak_flops("NVIDIA A100-SXM4-80GB", "float32", 1) == 156e12  # TF32
     assert device_peak_flops("some future chip", "bfloat16", 1) is None
     monkeypatch.setattr("research.flops.cpu_cores", lambda: 2)
-    assert device_peak_flops("cpu", "float32", 8) == 2 * 50e9  # per core, fake devices share cores
+    assert device_peak_flops("cpu", "float32", 8) == 2 * 160e9  # per core, fake devices share cores
     assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
     assert mfu(1000.0, 1e9, None) is None
 
