@@ -21,6 +21,7 @@ from flax import nnx
 
 from research.config import ModelConfig
 from research.layers import BTD, Block, LayerNorm, normal, param
+from research.matmul import dense
 from research.sharding import constrain
 
 # Logical names are pure metadata; research/sharding.py maps them to mesh axes at jit time.
@@ -103,7 +104,6 @@ class GPT(nnx.Module):
         )
 
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
-        cd = self.compute_dtype
         T = tokens_BT.shape[1]
         if T > self.seq_len:
             raise ValueError(f"input length {T} is above model.seq_len={self.seq_len}; shorten the window.")
@@ -123,13 +123,14 @@ class GPT(nnx.Module):
                 x_BTD = apply(block, x_BTD)
 
         x_BTD = self.ln_f(x_BTD) if self.ln_f is not None else x_BTD
-        x_BTD = x_BTD.astype(cd)
-        if self.head is None:  # tied: logits = x @ wte^T
-            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.wte[...].astype(cd), preferred_element_type=jnp.float32)
-        else:
-            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head[...].astype(cd), preferred_element_type=jnp.float32)
-        logits_BTV = logits_BTV[..., : self.vocab_size]  # drop vocab padding columns
-        return constrain(logits_BTV.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits_BTV = self.logits(x_BTD)[..., : self.vocab_size]  # drop vocab padding columns
+        return constrain(logits_BTV, ("batch", "length", "vocab"))
+
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        """Float32 logits over the padded vocabulary: x @ wte^T when tied, else x @ head."""
+        if self.head is None:
+            return dense(x_BTD, self.wte[...], self.compute_dtype, transposed=True)
+        return dense(x_BTD, self.head[...], self.compute_dtype)
 
     # -- KV-cache decoding (research/sampling.py); the training forward above does not use these --------
 
@@ -176,13 +177,8 @@ class GPT(nnx.Module):
                 x_BTD, k, v = block.decode(x_BTD, layer_cache["k"], layer_cache["v"], pos)
                 new_cache.append({"k": k, "v": v})
             cache = new_cache
-        cd = self.compute_dtype
-        x_BTD = (self.ln_f(x_BTD) if self.ln_f is not None else x_BTD).astype(cd)
-        if self.head is None:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, self.wte[...].astype(cd), preferred_element_type=jnp.float32)
-        else:
-            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, self.head[...].astype(cd), preferred_element_type=jnp.float32)
-        return logits_BTV[..., : self.vocab_size].astype(jnp.float32), cache
+        x_BTD = self.ln_f(x_BTD) if self.ln_f is not None else x_BTD
+        return self.logits(x_BTD)[..., : self.vocab_size], cache
 
 
 # ---------------------------------------------------------------------------------------------
