@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from research.attention import blocked_causal_attention
 from research.config import ModelConfig, d_ff, d_head
+from research.matmul import dense
 from research.sharding import constrain, resolve_attention_impl
 
 Init = Callable[..., jax.Array]
@@ -47,38 +49,6 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     if name == "relu":
         return jax.nn.relu
     raise ValueError(f"model.activation={name!r} is not one of gelu, relu.")
-
-
-ATTENTION_BLOCK = 64  # query rows per block in blocked_causal_attention (best of 32/64/128 on the CPU, docs/performance.md)
-
-
-def blocked_causal_attention(
-    q_BTNH: jax.Array, k_BTNH: jax.Array, v_BTNH: jax.Array, window: int = 0, block: int = ATTENTION_BLOCK
-) -> jax.Array:
-    """Causal softmax(Q K^T / sqrt(d_head)) V, the math of jax.nn.dot_product_attention(is_causal=True) (scores
-    and softmax in float32, probabilities cast to the value dtype), for the CPU: each block of `block` queries
-    meets only the keys up to its last row (and, with window > 0, none before its band), so the masked upper
-    triangle is never computed (5/8 of the full T x T work at T = 4 blocks), and the batched matmuls run
-    heads-major on contiguous blocks. About 2x less CPU time than the full-matrix kernel at T = 256."""
-    B, T, N, H = q_BTNH.shape
-    scale = 1.0 / math.sqrt(H)
-    q_BNTH, k_BNTH, v_BNTH = (jnp.swapaxes(t, 1, 2) for t in (q_BTNH, k_BTNH, v_BTNH))
-    outs = []
-    for start in range(0, T, block):
-        end = min(start + block, T)
-        k0 = max(0, start - window + 1) if window > 0 else 0
-        s_BNQK = jnp.einsum(
-            "BNQH,BNKH->BNQK", q_BNTH[:, :, start:end], k_BNTH[:, :, k0:end], preferred_element_type=jnp.float32
-        )
-        q_pos_Q1 = jnp.arange(start, end)[:, None]
-        k_pos_1K = jnp.arange(k0, end)[None, :]
-        mask_QK = k_pos_1K <= q_pos_Q1
-        if window > 0:
-            mask_QK = mask_QK & (k_pos_1K > q_pos_Q1 - window)
-        s_BNQK = jnp.where(mask_QK, s_BNQK * scale, jnp.finfo(jnp.float32).min)
-        p_BNQK = jax.nn.softmax(s_BNQK, axis=-1).astype(v_BTNH.dtype)
-        outs.append(jnp.einsum("BNQK,BNKH->BNQH", p_BNQK, v_BNTH[:, :, k0:end]))
-    return jnp.swapaxes(jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0], 1, 2)
 
 
 class LayerNorm(nnx.Module):
@@ -115,10 +85,22 @@ class Attention(nnx.Module):
         self.blocked = self.impl is None and jax.default_backend() == "cpu"
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
+    def qkv(self, x_BTD: jax.Array) -> jax.Array:
+        """[B, T, 3, N, H] in the compute dtype: q, k, v of every head from one fused matmul."""
+        D, C, N, H = self.qkv_kernel.shape
+        qkv_BTF = dense(x_BTD, self.qkv_kernel[...].reshape(D, C * N * H), self.compute_dtype)
+        qkv_BTCNH = qkv_BTF.reshape(*x_BTD.shape[:2], C, N, H) + self.qkv_bias[...].astype(jnp.float32)
+        return qkv_BTCNH.astype(self.compute_dtype)
+
+    def project(self, o_BTNH: jax.Array) -> jax.Array:
+        """The output projection of the heads' outputs, float32 [B, T, D]."""
+        N, H, D = self.out_kernel.shape
+        o_BTF = o_BTNH.reshape(*o_BTNH.shape[:2], N * H)
+        y_BTD = dense(o_BTF, self.out_kernel[...].reshape(N * H, D), self.compute_dtype)
+        return y_BTD + self.out_bias[...].astype(jnp.float32)
+
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        cd = self.compute_dtype
-        qkv_BTCNH = jnp.einsum("BTD,DCNH->BTCNH", x_BTD.astype(cd), self.qkv_kernel[...].astype(cd))
-        qkv_BTCNH = qkv_BTCNH + self.qkv_bias[...].astype(cd)
+        qkv_BTCNH = self.qkv(x_BTD)
         # split, not three index ops: its gradient is one concatenate rather than three pads and adds
         q_BTNH, k_BTNH, v_BTNH = (t[:, :, 0] for t in jnp.split(qkv_BTCNH, 3, axis=2))
         names = ("batch", "length", "heads", "head_dim")
@@ -135,9 +117,7 @@ class Attention(nnx.Module):
                 local_window_size=(self.window - 1, 0) if self.window > 0 else None,
                 implementation=self.impl,
             )
-        o_BTNH = constrain(o_BTNH, names)
-        y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
-        return y_BTD + self.out_bias[...].astype(cd)
+        return self.project(constrain(o_BTNH, names))
 
     def decode(
         self, x_BTD: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array, pos: jax.Array
@@ -146,8 +126,7 @@ class Attention(nnx.Module):
         values into the fixed-size cache [B, S, N, H] and attend to every cached position up to their own
         (and within the band for a local layer). Same parameters and math as __call__; always XLA."""
         cd = self.compute_dtype
-        qkv_BTCNH = jnp.einsum("BTD,DCNH->BTCNH", x_BTD.astype(cd), self.qkv_kernel[...].astype(cd))
-        qkv_BTCNH = qkv_BTCNH + self.qkv_bias[...].astype(cd)
+        qkv_BTCNH = self.qkv(x_BTD)
         q_BTNH, k_BTNH, v_BTNH = (qkv_BTCNH[:, :, i] for i in range(3))
         k_BSNH = jax.lax.dynamic_update_slice_in_dim(k_BSNH, k_BTNH.astype(k_BSNH.dtype), pos, axis=1)
         v_BSNH = jax.lax.dynamic_update_slice_in_dim(v_BSNH, v_BTNH.astype(v_BSNH.dtype), pos, axis=1)
@@ -159,8 +138,7 @@ class Attention(nnx.Module):
         o_BTNH = jax.nn.dot_product_attention(
             q_BTNH, k_BSNH.astype(cd), v_BSNH.astype(cd), mask=mask_TS[None, None], implementation="xla"
         )
-        y_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, self.out_kernel[...].astype(cd))
-        return y_BTD + self.out_bias[...].astype(cd), k_BSNH, v_BSNH
+        return self.project(o_BTNH), k_BSNH, v_BSNH
 
 
 class MLP(nnx.Module):
@@ -177,9 +155,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         cd = self.compute_dtype
-        h_BTF = x_BTD.astype(cd) @ self.in_kernel[...].astype(cd) + self.in_bias[...].astype(cd)
-        h_BTF = constrain(self.act(h_BTF), ("batch", "length", "mlp"))
-        return h_BTF @ self.out_kernel[...].astype(cd) + self.out_bias[...].astype(cd)
+        h_BTF = dense(x_BTD, self.in_kernel[...], cd) + self.in_bias[...].astype(jnp.float32)
+        h_BTF = constrain(self.act(h_BTF).astype(cd), ("batch", "length", "mlp"))  # float32 math: native on CPUs
+        return dense(h_BTF, self.out_kernel[...], cd) + self.out_bias[...].astype(jnp.float32)
 
 
 class Block(nnx.Module):

@@ -116,7 +116,9 @@ def configure_cpu_runtime(verbose: bool = True) -> str:
     if "jax" in sys.modules:
         line += " (jax was already imported: flags may come too late)"
     if "tcmalloc (" in line and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-        line = line.replace("tcmalloc (", "tcmalloc available but not preloaded (start through `python -m research.runtime --`; ")
+        line = line.replace(
+            "tcmalloc (", "tcmalloc available but not preloaded (start through `python -m research.runtime --`; "
+        )
     if verbose:
         print(line, file=sys.stderr, flush=True)
     return line

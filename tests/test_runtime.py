@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from research import runtime
-from research.layers import blocked_causal_attention
+from research.attention import blocked_causal_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,13 @@ def test_launcher_execs_with_the_environment():
 
 @pytest.mark.parametrize(
     "T,window,block,dtype",
-    [(64, 0, 16, "float32"), (50, 0, 16, "float32"), (40, 7, 16, "float32"), (16, 0, 64, "float32"), (32, 0, 8, "bfloat16")],
+    [
+        (64, 0, 16, "float32"),
+        (50, 0, 16, "float32"),
+        (40, 7, 16, "float32"),
+        (16, 0, 64, "float32"),
+        (32, 0, 8, "bfloat16"),
+    ],
 )
 def test_blocked_attention_equals_reference(T, window, block, dtype):
     rng = np.random.default_rng(0)
