@@ -39,6 +39,8 @@ SUMMARY_FIELDS = (
     "tokens_per_second",
     "mfu",
     "wall_seconds",
+    "startup_seconds",
+    "compile_seconds",
     "device",
     "n_devices",
     "git_sha",

@@ -447,6 +447,16 @@ def experiment_law(name: str) -> str:
     return str(law or "kaplan_n")
 
 
+def overhead_note(rec: dict[str, Any]) -> str:
+    """'  overhead 3.1 s = 4.2% of training': start-up plus first step (compilation) against the steps after it."""
+    wall, start, comp = (rec.get(k) for k in ("wall_seconds", "startup_seconds", "compile_seconds"))
+    if not all(isinstance(x, int | float) for x in (wall, start, comp)):
+        return ""
+    train = wall - start - comp
+    share = f" = {100 * (start + comp) / train:.1f}% of training" if train > 0 else ""
+    return f"  overhead {start + comp:.1f} s (start-up {start:.1f}, first step {comp:.1f}){share}"
+
+
 def report(sweep_dir: Path, fit_dir: Path | None = None) -> int:
     """Print where the summary, fit and figures are; exit status 1 when a member did not complete."""
     fit_dir = fit_dir or sweep_dir / "fit"
@@ -460,6 +470,7 @@ def report(sweep_dir: Path, fit_dir: Path | None = None) -> int:
             line += f" N={r['params_nonembed']:>11,}  D={r.get('tokens') or 0:>14,}"
         if isinstance(loss, float):
             line += f"  val loss {loss:.4f}"
+        line += overhead_note(r)
         if r.get("status") != "completed":
             line += f"  <- {r.get('error')}"
         print(line)

@@ -34,6 +34,9 @@ def test_results_json_has_every_field(trained):
         assert isinstance(on_disk[key], float) and on_disk[key] > 0, key
     assert on_disk["config"]["model"]["name"] == "nano_xs"
     assert on_disk["error"] is None
+    # the session's overhead, part of its wall time: start-up up to the first step, and that first step
+    assert 0 < on_disk["startup_seconds"] and 0 < on_disk["compile_seconds"]
+    assert on_disk["startup_seconds"] + on_disk["compile_seconds"] < on_disk["wall_seconds"]
 
 
 def test_loss_falls_and_metrics_rows(trained):

@@ -233,6 +233,9 @@ def _train(cfg: Config, run_dir: Path, results: dict[str, Any], is_main: bool) -
     try:
         with _SignalFlag() as stop:
             for step in range(start_step + 1, steps + 1):
+                if window_start is None:
+                    first_dispatch = time.perf_counter()
+                    results["startup_seconds"] = round(time.time() - t0, 3)
                 batch = jax.make_array_from_process_local_data(batch_sh, next(loader))
                 if poison:
                     state, metrics = train_step(state, batch, np.float32(poison.get(step, 1.0)))
@@ -241,6 +244,7 @@ def _train(cfg: Config, run_dir: Path, results: dict[str, Any], is_main: bool) -
                 if window_start is None:  # exclude compilation from the throughput figure
                     jax.block_until_ready(metrics)
                     window_start, window_step = time.perf_counter(), step
+                    results["compile_seconds"] = round(window_start - first_dispatch, 3)
                 progress.update(step)
                 if tc.debug_step_delay:
                     time.sleep(tc.debug_step_delay)

@@ -15,6 +15,9 @@ RESULT_FIELDS = (
     # bad steps (research/train/guards.py): NaN/Inf steps, loss spikes, updates not applied, rollbacks
     "nonfinite_steps", "spike_steps", "skipped_steps", "rollbacks",
     "attention_impl",  # the attention kernel that ran (xla, or cudnn when the fast path was available)
+    # overhead of this session: config checks, data, init and restore up to the first step; the first step
+    # itself (compilation, or a compilation-cache load, plus one step). wall_seconds includes both.
+    "startup_seconds", "compile_seconds",
 )  # fmt: skip
 
 
