@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,10 +42,14 @@ if str(ROOT) not in sys.path:
 log = logging.getLogger("bench")
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
-    # CPU: a nano ladder rung and the two nanoGPT-like shapes (issue #8 optimises those).
+    # CPU: a nano ladder rung and the two nanoGPT-like shapes of issue #8, each in mixed precision (bf16
+    # matmuls, float32 master weights, softmax and residual stream: the fast setting on CPUs with native bf16
+    # dot products) and in plain float32, the precision of the PyTorch reference.
     "cpu": [
         dict(model="nano_xl", batch=16, seq_len=128, steps=5, warmup=1),
-        dict(model="nanogpt_bench_s", batch=16, seq_len=256, steps=5, warmup=1),
+        dict(model="nanogpt_bench_s", batch=16, seq_len=256, steps=20, warmup=2, sets=["model.compute_dtype=bfloat16"]),
+        dict(model="nanogpt_bench_m", batch=16, seq_len=256, steps=6, warmup=2, sets=["model.compute_dtype=bfloat16"]),
+        dict(model="nanogpt_bench_s", batch=16, seq_len=256, steps=10, warmup=2),
         dict(model="nanogpt_bench_m", batch=16, seq_len=256, steps=3, warmup=1),
     ],
     # One GPU: GPT-2 small at its full context, bf16 matmuls, cuDNN flash attention, vocab padded to 128.
@@ -53,6 +58,20 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
              sets=["model.compute_dtype=bfloat16", "model.attention_impl=cudnn", "model.vocab_pad_multiple=128"]),
     ],
 }  # fmt: skip
+
+
+# Issue #8's reference on the 2-core CPU: PyTorch 2.13 eager, float32, non-fused AdamW, 2 threads, tcmalloc,
+# batch 16 x 256 (scripts/torch_reference.py measures it live; scripts/perf_cpu.sh side by side).
+PYTORCH_CPU_TOKENS_PER_S = {"nanogpt_bench_s": 15_900, "nanogpt_bench_m": 2_100}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16: XLA's CPU kernels then run bf16 matmuls at about twice the float32 rate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +247,12 @@ def report(r: dict[str, Any]) -> str:
         f"   MFU         {pct(r['mfu_model'])} (model)   {pct(r['mfu_6n'])} (6N)   of peak {peak}"
         + (" [CPU peak is an estimate]" if r["platform"] == "cpu" else ""),
     ]
+    ref = PYTORCH_CPU_TOKENS_PER_S.get(r["model"]) if r["platform"] == "cpu" and r["batch"] == 16 else None
+    if ref and r["seq_len"] == 256:
+        lines.append(
+            f"   vs PyTorch  {r['tokens_per_s'] / ref:.2f}x the issue's PyTorch reference ({ref:,} tokens/s, float32, "
+            f"tcmalloc); best step {r['batch'] * r['seq_len'] / r['step_s_min'] / ref:.2f}x"
+        )
     if r.get("loader_tokens_per_s"):
         lines.append(
             f"   loader      {r['loader_tokens_per_s']:,.0f} tokens/s from research.data's train loader "
@@ -277,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from research import distributed
+    from research import distributed, flops
 
     if not args.compile_cache:  # `make` exports JAX_COMPILATION_CACHE_DIR; a cache hit is not a compile time
         jax.config.update("jax_enable_compilation_cache", False)
@@ -292,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         cases = [dict(c, mesh=args.mesh, microbatches=args.microbatches) for c in PRESETS[preset]]
     print(f"bench: jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind} "
           f"({jax.default_backend()}), {len(cases)} case(s)", flush=True)  # fmt: skip
+    if jax.default_backend() == "cpu":
+        print(f"bench: {flops.cpu_cores()} CPU cores; native bf16 dot products: "
+              f"{'yes' if cpu_has_native_bf16() else 'no (bf16 cases run slower than float32 here)'}; "
+              f"runtime: {os.environ.get('LD_PRELOAD') or 'no preload'}", flush=True)  # fmt: skip
     results = []
     for c in cases:
         seq_len = c["seq_len"]

@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("shape", choices=sorted(SHAPES))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision), for comparison")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -73,7 +74,8 @@ def main() -> None:
     data = torch.randint(0, VOCAB, (BATCH, SEQ + 1))
 
     def step() -> None:
-        loss = model(data[:, :-1], data[:, 1:])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model(data[:, :-1], data[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -94,7 +96,8 @@ def main() -> None:
     alloc = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
     n = sum(p.numel() for p in model.parameters())
     print(
-        f"torch {torch.__version__} {args.shape} ({n:,} params), {alloc}, {args.threads} threads: "
+        f"torch {torch.__version__} {args.shape} ({n:,} params), {'bf16 autocast' if args.bf16 else 'float32'}, "
+        f"{alloc}, {args.threads} threads: "
         f"step {1e3 * med:.1f} ms median (best {1e3 * best:.1f}), {BATCH * SEQ / med:,.0f} tokens/s "
         f"(best {BATCH * SEQ / best:,.0f}), {1e3 * cpu[len(cpu) // 2]:.0f} ms CPU/step, load {os.getloadavg()[0]:.2f}",
         flush=True,
