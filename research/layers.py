@@ -87,16 +87,12 @@ class Attention(nnx.Module):
 
     def qkv(self, x_BTD: jax.Array) -> jax.Array:
         """[B, T, 3, N, H] in the compute dtype: q, k, v of every head from one fused matmul."""
-        D, C, N, H = self.qkv_kernel.shape
-        qkv_BTF = dense(x_BTD, self.qkv_kernel[...].reshape(D, C * N * H), self.compute_dtype)
-        qkv_BTCNH = qkv_BTF.reshape(*x_BTD.shape[:2], C, N, H) + self.qkv_bias[...].astype(jnp.float32)
+        qkv_BTCNH = dense(x_BTD, self.qkv_kernel[...], self.compute_dtype) + self.qkv_bias[...].astype(jnp.float32)
         return qkv_BTCNH.astype(self.compute_dtype)
 
     def project(self, o_BTNH: jax.Array) -> jax.Array:
         """The output projection of the heads' outputs, float32 [B, T, D]."""
-        N, H, D = self.out_kernel.shape
-        o_BTF = o_BTNH.reshape(*o_BTNH.shape[:2], N * H)
-        y_BTD = dense(o_BTF, self.out_kernel[...].reshape(N * H, D), self.compute_dtype)
+        y_BTD = dense(o_BTNH, self.out_kernel[...], self.compute_dtype, contract=2)
         return y_BTD + self.out_bias[...].astype(jnp.float32)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:

@@ -26,33 +26,44 @@ def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
+def _specs(x_ndim: int, w_ndim: int, contract: int, transposed: bool) -> tuple[str, str, str]:
+    """einsum specs (forward, dx, dw) for x [B, T, *in] and w [*in, *out] (w [*out, *in] when transposed),
+    contracting the `contract` axes of `in`. Weights keep their own axes (e.g. [D, 3, N, H]) so that a
+    sharded axis is never merged with another one (which would make the partitioner all-gather it)."""
+    k = "".join(chr(ord("a") + i) for i in range(contract))
+    n = "".join(chr(ord("m") + i) for i in range(w_ndim - contract))
+    assert x_ndim == 2 + contract, (x_ndim, contract)
+    w = n + k if transposed else k + n
+    return f"BT{k},{w}->BT{n}", f"BT{n},{w}->BT{k}", f"BT{k},BT{n}->{w}"
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _dense(x_BTK: jax.Array, w: jax.Array, cd: jnp.dtype, transposed: bool, x_dtype, w_dtype) -> jax.Array:
-    return _dense_fwd(x_BTK, w, cd, transposed, x_dtype, w_dtype)[0]
+def _dense(x: jax.Array, w: jax.Array, cd: jnp.dtype, specs: tuple[str, str, str], x_dtype, w_dtype) -> jax.Array:
+    return _dense_fwd(x, w, cd, specs, x_dtype, w_dtype)[0]
 
 
-def _dense_fwd(x_BTK, w, cd, transposed, x_dtype, w_dtype):
-    x_c, w_c = x_BTK.astype(cd), w.astype(cd)  # the residuals: compute-dtype copies (half the memory)
-    y_BTN = _einsum("BTK,NK->BTN" if transposed else "BTK,KN->BTN", x_c, w_c)
-    return y_BTN, (x_c, w_c)
+def _dense_fwd(x, w, cd, specs, x_dtype, w_dtype):
+    x_c, w_c = x.astype(cd), w.astype(cd)  # the residuals: compute-dtype copies (half the memory)
+    return _einsum(specs[0], x_c, w_c), (x_c, w_c)
 
 
-def _dense_bwd(cd, transposed, x_dtype, w_dtype, residuals, g_BTN):
+def _dense_bwd(cd, specs, x_dtype, w_dtype, residuals, g):
     x_c, w_c = residuals
-    g_c = g_BTN.astype(cd)
-    dx_BTK = _einsum("BTN,NK->BTK" if transposed else "BTN,KN->BTK", g_c, w_c)
-    dw = _einsum("BTN,BTK->NK", g_c, x_c) if transposed else _einsum("BTK,BTN->KN", x_c, g_c)
-    return dx_BTK.astype(x_dtype), dw.astype(w_dtype)
+    g_c = g.astype(cd)
+    dx = _einsum(specs[1], g_c, w_c)
+    dw = _einsum(specs[2], x_c, g_c)  # contracts batch and time: XLA makes it one transpose + a fast matmul
+    return dx.astype(x_dtype), dw.astype(w_dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def dense(x_BTK: jax.Array, w: jax.Array, compute_dtype, *, transposed: bool = False) -> jax.Array:
-    """x [B, T, K] times w [K, N] (or w [N, K] with transposed=True, the tied output head), float32 out.
-
-    Inputs are cast to `compute_dtype`; the products accumulate in float32."""
+def dense(x: jax.Array, w: jax.Array, compute_dtype, *, contract: int = 1, transposed: bool = False) -> jax.Array:
+    """x [B, T, *in] times w [*in, *out] over the `contract` axes of `in` (w [*out, *in] with transposed=True,
+    the tied output head), float32 out [B, T, *out]. Inputs are cast to `compute_dtype`; the products
+    accumulate in float32."""
     cd = jnp.dtype(compute_dtype)
+    specs = _specs(x.ndim, w.ndim, contract, transposed)
     if cd == F32:
-        return _einsum("BTK,NK->BTN" if transposed else "BTK,KN->BTN", x_BTK.astype(F32), w.astype(F32))
-    return _dense(x_BTK, w, cd, transposed, jnp.dtype(x_BTK.dtype), jnp.dtype(w.dtype))
+        return _einsum(specs[0], x.astype(F32), w.astype(F32))
+    return _dense(x, w, cd, specs, jnp.dtype(x.dtype), jnp.dtype(w.dtype))
