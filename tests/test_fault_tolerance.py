@@ -472,3 +472,22 @@ def test_policy_stop_names_the_step_and_the_batch(tmp_path, corpus_dir):
     assert r["status"] == "failed" and r["error"] == message
     assert (r["nonfinite_steps"], r["skipped_steps"]) == (3, 3)
     assert checkpoint_steps(run_dir) == [5]  # nothing saved after the streak
+
+
+def test_fingerprint_on_the_host_matches_the_compiled_sums(monkeypatch):
+    """Small states are summed in numpy, large or sharded ones by a jitted pass: the same numbers."""
+    from research import checkpoint
+
+    k = jax.random.key(3)
+    tree = {
+        "f32": jax.random.normal(k, (5, 7, 3)), "bf16": jax.random.normal(k, (9, 4), jnp.bfloat16),
+        "i32": jnp.arange(11, dtype=jnp.int32) - 5, "u32": jax.random.key_data(k), "scalar": jnp.float32(-2.5),
+        "flag": jnp.array([True, False, True]),
+    }  # fmt: skip
+    host = checkpoint.fingerprint(tree)
+    monkeypatch.setattr(checkpoint, "HOST_FINGERPRINT_BYTES", -1)
+    assert checkpoint.fingerprint(tree) == host
+    swapped = {**tree, "f32": tree["f32"][::-1]}  # the same values, rows moved: the weighted sum changes
+    assert checkpoint.fingerprint(swapped) != host
+    monkeypatch.setattr(checkpoint, "HOST_FINGERPRINT_BYTES", 1 << 30)
+    assert checkpoint.fingerprint(swapped) != host
