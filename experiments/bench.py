@@ -153,7 +153,8 @@ def bench_case(
         for _ in range(2)
     ]
     t0 = time.perf_counter()
-    compiled = step.lower(state, tokens[0]).compile()
+    with sharding.activate(mesh, rules):  # traced in the mesh context, as the training loop compiles it
+        compiled = step.lower(state, tokens[0]).compile()
     compile_s = time.perf_counter() - t0
 
     for i in range(warmup):

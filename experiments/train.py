@@ -12,7 +12,6 @@ sweep (-m) a member that fails is recorded (results.json: status failed, error) 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -29,19 +28,6 @@ from research.train import records
 ROOT = Path(__file__).resolve().parents[1]
 register_configs()
 log = logging.getLogger("train")
-
-
-def configure_compilation_cache() -> None:
-    """JAX's persistent compilation cache in the project (.cache/jax unless JAX_COMPILATION_CACHE_DIR says
-    otherwise), caching even the sub-second compiles of CPU-sized models, so reruns and repeated shapes
-    load executables instead of compiling them."""
-    import jax
-
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(ROOT / ".cache" / "jax")
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")))  # fmt: skip
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def train_member(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -67,6 +53,8 @@ def train_member(cfg: DictConfig, run_dir: Path) -> float | None:
         )
 
     typed = to_config(cfg)
+    from research.train.programs import configure_compilation_cache
+
     configure_compilation_cache()
     import jax
 

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import jax
@@ -36,7 +37,8 @@ DEFAULT_RULES: dict[str, Any] = {
     "norm": None,
 }
 
-_active: dict[str, Any] = {"mesh": None, "rules": DEFAULT_RULES}
+# Per thread (a sweep compiles its next member in a background thread while the current one trains).
+_active: ContextVar[tuple[Mesh | None, Mapping[str, Any]]] = ContextVar("mesh_and_rules", default=(None, DEFAULT_RULES))
 
 
 def mesh_shape(mesh_cfg: MeshConfig, n_devices: int) -> dict[str, int]:
@@ -84,7 +86,7 @@ def make_rules(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 def logical_to_spec(names: Sequence[str | None] | None, rules: Mapping[str, Any] | None = None) -> PartitionSpec:
     """Map logical axis names to a PartitionSpec; a mesh axis is used at most once per array."""
-    rules = rules if rules is not None else _active["rules"]
+    rules = rules if rules is not None else _active.get()[1]
     if not names:
         return PartitionSpec()
     used: set[str] = set()
@@ -128,21 +130,20 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, Any]) -
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: Mapping[str, Any]) -> Iterator[None]:
     """Make `constrain` use this mesh and rule table (and set JAX's mesh context)."""
-    prev = dict(_active)
-    _active.update(mesh=mesh, rules=dict(rules))
+    token = _active.set((mesh, dict(rules)))
     try:
         with jax.set_mesh(mesh):
             yield
     finally:
-        _active.update(prev)
+        _active.reset(token)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation by logical names; a no-op outside `activate`."""
-    mesh = _active["mesh"]
+    mesh, rules = _active.get()
     if mesh is None or mesh.size == 1:
         return x
-    spec = fit_spec_to_shape(logical_to_spec(names, _active["rules"]), x.shape, mesh)
+    spec = fit_spec_to_shape(logical_to_spec(names, rules), x.shape, mesh)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

@@ -23,7 +23,7 @@ def no_compile(monkeypatch):
     def compiled(*args, **kwargs):
         raise AssertionError("the bad setting was only noticed after compiling")
 
-    monkeypatch.setattr(loop, "init_state", compiled)
+    monkeypatch.setattr(loop.programs, "build", compiled)
 
 
 def one_sentence(message: str) -> None:

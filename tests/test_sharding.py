@@ -168,3 +168,25 @@ def test_results_record_the_attention_path(tmp_path, corpus_dir):
     results = train_in_process(run_dir, overrides)
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and on_disk["attention_impl"] == "xla"
+
+
+def test_the_loop_traces_its_programs_inside_the_mesh_context(monkeypatch, tmp_path, corpus_dir):
+    """Activation sharding constraints only act when `constrain` sees the mesh at trace time; a jit traced
+    lazily at its first call outside `sharding.activate` silently dropped them (10x the collective bytes
+    on fsdp 4 x tensor 2, docs/performance.md)."""
+    from research import layers, model
+    from research.train import programs
+
+    seen = []
+
+    def recording(x, names):
+        seen.append(sharding._active.get()[0] is not None)
+        return x
+
+    monkeypatch.setattr(layers, "constrain", recording)
+    monkeypatch.setattr(model, "constrain", recording)
+    cfg = to_config(compose(tiny_overrides(corpus_dir, tmp_path / "data")))
+    p = programs.build(cfg)
+    p.compile_train_step(cfg.train.batch_size, cfg.train.seq_len)
+    p.compile_eval_step(cfg.train.batch_size, cfg.train.seq_len)
+    assert seen and all(seen)
