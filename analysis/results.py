@@ -41,6 +41,8 @@ SUMMARY_FIELDS = (
     "wall_seconds",
     "startup_seconds",
     "compile_seconds",
+    "compile_ahead_wait_seconds",
+    "compile_ahead_seconds",
     "device",
     "n_devices",
     "git_sha",

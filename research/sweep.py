@@ -18,6 +18,7 @@ shape and hyperparameters from these resolvers; every one reads the member's own
   ${sweep.isoflop_tokens:}            D = C / (6 N) for C = sweep.compute
   ${sweep.per_batch:SEQUENCES}        batches holding SEQUENCES sequences (a fixed eval set for any batch size)
   ${sweep.sci:X}                      a compact label: 3e+11 -> 3e11 (run names)
+  ${sweep.budget:}                    the budget as a run-name label: tpp20, D2.5e6 or S1000
 
 `python -m research.sweep law EXPERIMENT` prints the law an experiment is fitted with (the Makefile reads
 it); `python -m research.sweep report SWEEP_DIR` prints where the summary, fit and figures are.
@@ -194,6 +195,16 @@ def _isoflop_tokens(*, _root_: Any) -> int:
     return int(round(float(c) / (6.0 * _n(_root_=_root_))))
 
 
+def _budget(*, _root_: Any) -> str:
+    """The budget in a run name: tpp20 (tokens per parameter), D2.5e6 (tokens) or S1000 (steps)."""
+    tc = _root_.train
+    if tc.tokens_per_param is not None:
+        return f"tpp{sci(float(tc.tokens_per_param))}"
+    if tc.tokens is not None:
+        return f"D{sci(float(tc.tokens))}"
+    return f"S{tc.steps}"
+
+
 def _per_batch(sequences: int, *, _root_: Any) -> int:
     return max(1, math.ceil(int(sequences) / int(_root_.train.batch_size)))
 
@@ -207,6 +218,7 @@ RESOLVERS = {
     "sweep.warmup": _warmup,
     "sweep.isoflop_tokens": _isoflop_tokens,
     "sweep.per_batch": _per_batch,
+    "sweep.budget": _budget,
     "sweep.sci": lambda x: sci(float(x)) if isinstance(x, int | float) else str(x),
 }
 
@@ -302,16 +314,8 @@ def member_hparams(cfg: Any) -> dict[str, Any]:
 
 def count_members(config: DictConfig) -> int | None:
     """How many jobs the basic sweeper makes of hydra.sweeper.params and the command line."""
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-        overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
-        return sum(len(b) for b in batches)
-    except Exception:  # another sweeper or a glob over config groups: no count, the lines still show
-        return None
+    jobs = member_overrides(config)
+    return None if jobs is None else len(jobs)
 
 
 def _is_multirun(config: DictConfig) -> bool:
@@ -320,11 +324,86 @@ def _is_multirun(config: DictConfig) -> bool:
     return OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
 
 
-class SweepCallback(Callback):
-    """Progress lines per member ("[member 3/7] nano_14k-tpp20 ..."), summary.csv at the end of a multirun."""
+def member_overrides(config: DictConfig) -> list[list[str]] | None:
+    """Each job's task overrides, in job order, as the basic sweeper makes them (None: not knowable)."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def __init__(self, summary: bool = True) -> None:
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        overrides = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+        return [list(job) for batch in batches for job in batch]
+    except Exception:
+        return None
+
+
+class CompileAhead:
+    """While member k trains, a background thread compiles member k+1's init, train and eval programs into
+    JAX's persistent compilation cache; member k+1 then loads them. Local (in-process) sweeps only: the
+    members of a SLURM sweep start on other machines."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.jobs = member_overrides(config) or []
+        self.config_name = str(OmegaConf.select(config, "hydra.job.config_name") or "config")
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.thread: Any = None
+        self.result: dict[int, float] = {}  # job number -> compile seconds
+
+    def wait(self, num: int) -> tuple[float, float | None]:
+        """Wait for the compile started for job `num`: (seconds waited, seconds the compile took)."""
+        t0 = time.perf_counter()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        return time.perf_counter() - t0, self.result.pop(num, None)
+
+    def start(self, num: int) -> None:
+        """Compose job `num`'s config here (Hydra is not thread-safe) and compile it in a thread."""
+        if not 0 <= num < len(self.jobs):
+            return
+        try:
+            import threading
+
+            from hydra import compose
+
+            from research.config import to_config
+            from research.train.programs import compiled as member_compiled
+            from research.train.programs import configure_compilation_cache, precompile
+
+            cfg = to_config(compose(self.config_name, overrides=self.jobs[num]))
+            if (_read_json(self.sweep_dir / cfg.train.run_name / "results.json") or {}).get("status") == "completed":
+                return  # will be skipped
+            configure_compilation_cache()
+            member_compiled.clear()
+        except Exception as e:  # the member itself reports a bad config
+            log.debug("compile ahead of job %d skipped: %s", num, e)
+            return
+
+        def work() -> None:
+            try:
+                member_compiled.wait()  # the current member's own compile first
+                self.result[num] = round(precompile(cfg), 3)
+            except Exception as e:
+                log.debug("compile ahead of job %d failed: %s", num, e)
+
+        self.thread = threading.Thread(target=work, name=f"compile-ahead-{num}", daemon=True)
+        self.thread.start()
+
+
+def _is_local_launcher(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.launcher._target_") or "").endswith("BasicLauncher")
+
+
+class SweepCallback(Callback):
+    """Progress lines per member ("[member 3/7] nano_14k-tpp20 ..."), summary.csv at the end of a multirun,
+    and (compile_ahead, local sweeps) the next member's programs compiled while the current one trains."""
+
+    def __init__(self, summary: bool = True, compile_ahead: bool = True) -> None:
         self.summary = summary
+        self.compile_ahead = compile_ahead
+        self.ahead: CompileAhead | None = None
+        self._ahead_stats: dict[int, tuple[float, float | None]] = {}
         self.total: int | None = None
         self.started = time.time()
         self._job_started: dict[int, float] = {}
@@ -332,6 +411,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.total = count_members(config)
         self.started = time.time()
+        if self.compile_ahead and _is_local_launcher(config):
+            self.ahead = CompileAhead(config)
         n = "?" if self.total is None else self.total
         print(f"[sweep] {OmegaConf.select(config, 'train.experiment')}: {n} members -> {config.hydra.sweep.dir}",
               flush=True)  # fmt: skip
@@ -349,7 +430,11 @@ class SweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
-        self._job_started[int(config.hydra.job.num)] = time.time()
+        num = int(config.hydra.job.num)
+        if self.ahead is not None:
+            self._ahead_stats[num] = self.ahead.wait(num)  # never two compiles at once
+            self.ahead.start(num + 1)
+        self._job_started[num] = time.time()
         prior = _read_json(Path(config.hydra.runtime.output_dir) / "results.json") or {}
         if prior.get("status") == "completed":
             return  # most likely skipped; on_job_end says
@@ -368,7 +453,17 @@ class SweepCallback(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         status, message = OUTCOMES.pop(str(run_dir.resolve()), (None, None))
+        if self.ahead is not None:  # a member that ended before compiling lets the compile ahead go
+            from research.train.programs import compiled as member_compiled
+
+            member_compiled.set()
         rec = _read_json(run_dir / "results.json") or {}
+        waited, took_ahead = self._ahead_stats.pop(int(config.hydra.job.num), (0.0, None))
+        if took_ahead is not None and status in (None, "completed") and rec.get("status") == "completed":
+            from research.train.records import write_json_atomic
+
+            rec.update(compile_ahead_wait_seconds=round(waited, 3), compile_ahead_seconds=took_ahead)
+            write_json_atomic(run_dir / "results.json", rec)
         status = status or rec.get("status") or "unknown"
         took = time.time() - self._job_started.pop(int(config.hydra.job.num), time.time())
         if status == "completed":
@@ -383,6 +478,8 @@ class SweepCallback(Callback):
                  ("completed", "skipped") else status, detail, self._left(config))  # fmt: skip
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.ahead is not None:
+            self.ahead.wait(-1)
         if not self.summary:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -448,13 +545,16 @@ def experiment_law(name: str) -> str:
 
 
 def overhead_note(rec: dict[str, Any]) -> str:
-    """'  overhead 3.1 s = 4.2% of training': start-up plus first step (compilation) against the steps after it."""
+    """'  overhead 3.1 s = 4.2% of training': start-up, compiling and any wait for the compile that ran
+    ahead, against the training loop's time (steps, evaluations, checkpoints)."""
     wall, start, comp = (rec.get(k) for k in ("wall_seconds", "startup_seconds", "compile_seconds"))
     if not all(isinstance(x, int | float) for x in (wall, start, comp)):
         return ""
+    wait = rec.get("compile_ahead_wait_seconds") or 0.0
     train = wall - start - comp
-    share = f" = {100 * (start + comp) / train:.1f}% of training" if train > 0 else ""
-    return f"  overhead {start + comp:.1f} s (start-up {start:.1f}, first step {comp:.1f}){share}"
+    share = f" = {100 * (start + comp + wait) / train:.1f}% of training" if train > 0 else ""
+    ahead = f", waited {wait:.1f} for the compile ahead" if rec.get("compile_ahead_seconds") is not None else ""
+    return f"  overhead {start + comp + wait:.1f} s (start-up {start:.1f}, compiling {comp:.1f}{ahead}){share}"
 
 
 def report(sweep_dir: Path, fit_dir: Path | None = None) -> int:

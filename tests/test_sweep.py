@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from research.metrics import read_jsonl
 TRAIN = str(ROOT / "experiments" / "train.py")
 # The tiny members of the real cpu_sweep experiment: its ladder, names and per-size rules, a budget of
 # 2 tokens per parameter (13 to 56 steps) on the fixture corpus.
-TINY_LADDER = ["+experiment=cpu_sweep", "train.steps=null", "train.tokens_per_param=2"]
+TINY_LADDER = ["+experiment=cpu_sweep", "train.steps=null", "train.tokens=null", "train.tokens_per_param=2"]
 
 
 def multirun(sweep_dir: Path, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -81,6 +82,30 @@ def test_three_member_sweep_completes_then_trains_nothing(ladder_sweep):
     assert log2.count("completed earlier (val loss") == 3
     assert "steps x" not in log2  # the loop's "model ...: N params, S steps x B tokens" line: nothing trained
     assert {r["status"] for r in summary_rows(sweep_dir).values()} == {"completed"}
+
+
+def test_next_member_compiles_while_the_current_one_trains(tmp_path, corpus_dir):
+    """With a cold compilation cache, member 2's init, train and eval programs come from the cache that
+    the compile-ahead filled while member 1 trained; both records say what the compiling cost."""
+    sweep_dir = tmp_path / "runs" / "ahead"
+    overrides = [*tiny_overrides(corpus_dir, tmp_path / "data"), *TINY_LADDER, "sweep.size=nano_3k,nano_7k"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+           "JAX_LOG_COMPILES": "1"}  # fmt: skip
+    cmd = [sys.executable, TRAIN, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    second = log[log.index("[member 2/2]") :]
+    for program in ("jit_init", "jit_train_step", "jit_eval_step"):
+        assert f"Persistent compilation cache hit for '{program}'" in second, program
+    first, ahead = (json.loads((sweep_dir / n / "results.json").read_text()) for n in ("nano_3k-tpp2", "nano_7k-tpp2"))
+    assert first["compile_ahead_seconds"] is None and first["compile_seconds"] > 0
+    assert ahead["compile_ahead_seconds"] > 0 and ahead["compile_ahead_wait_seconds"] >= 0
+    assert ahead["startup_seconds"] > 0 and ahead["compile_seconds"] < first["compile_seconds"]
+    report = subprocess.run([sys.executable, "-m", "research.sweep", "report", str(sweep_dir)], capture_output=True,
+                            text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert re.search(r"nano_7k-tpp2 .* overhead [\d.]+ s \(start-up [\d.]+, compiling [\d.]+, waited [\d.]+ for the "
+                     r"compile ahead\) = [\d.]+% of training", report.stdout), report.stdout  # fmt: skip
 
 
 def test_sweep_members_record_their_hparams_for_tensorboard(ladder_sweep):
@@ -197,13 +222,17 @@ def test_lr_batch_and_warmup_rules_give_the_documented_values():
     assert sweep.lr_rule(8e5, 3e-3, 1e5) == pytest.approx(1.5e-3)
     assert sweep.lr_rule(1.25e4, 3e-3, 1e5) == pytest.approx(6e-3)
     assert sweep.lr_rule(85056000, 6e-4, 85056000) == 6e-4
-    # batch = 16 (N / 1e5)^(1/2) sequences, a power of two, clipped to [8, 32] (cpu_sweep)
+    # batch = 16 (N / 1e5)^(1/2) sequences, a power of two, clipped to [8, 32] (isoflop_cpu)
     sizes = (3312, 39520, 84912, 1e5, 4e5, 1e7)
     assert [sweep.batch_rule(n, 16, 1e5, 0.5, 8, 32) for n in sizes] == [8, 8, 16, 16, 32, 32]
     # warmup = N tokens, at most 10% of the run
     assert sweep.warmup_rule(steps=830, batch_tokens=2048, warmup_tokens=84912, max_fraction=0.1) == 42
     assert sweep.warmup_rule(steps=50, batch_tokens=512, warmup_tokens=1e6, max_fraction=0.1) == 5
     assert sweep.sci(3e11) == "3e11" and sweep.sci(1.5e13) == "1.5e13" and sweep.sci(20.0) == "20"
+    budget = [{"tokens_per_param": 20, "tokens": None, "steps": None}, {"tokens_per_param": None, "tokens": 2.5e6,
+              "steps": None}, {"tokens_per_param": None, "tokens": None, "steps": 1000}]  # fmt: skip
+    names = [sweep.RESOLVERS["sweep.budget"](_root_=OmegaConf.create({"train": b})) for b in budget]
+    assert names == ["tpp20", "D2.5e6", "S1000"]
 
 
 def _members(experiment: str, settings: list[dict]) -> list[dict]:
@@ -228,16 +257,16 @@ def test_cpu_sweep_members_follow_the_rules_and_span_30x():
     n = [_n(m) for m in members]
     assert len(n) >= 6 and n == sorted(n) and n[-1] / n[0] >= 30
     for m, size, n_i in zip(members, sizes, n, strict=True):
-        assert m["train"]["run_name"] == f"{size}-tpp20" and m["model"]["name"] == size
+        assert m["train"]["run_name"] == f"{size}-D2.5e6" and m["model"]["name"] == size
         assert m["optim"]["lr"] == sweep.lr_rule(n_i, 3e-3, 1e5, -0.3333333)
-        assert m["train"]["batch_size"] == sweep.batch_rule(n_i, 16, 1e5, 0.5, 8, 32)
         assert m["train"]["batch_size"] * m["train"]["eval_batches"] == 256  # one validation set for all
-        steps = -(-20 * n_i // (m["train"]["batch_size"] * 128))
+        steps = -(-2_500_000 // (8 * 128))  # the same D and batch for every size (Kaplan's L(N))
         assert 1 <= m["optim"]["warmup_steps"] <= 0.1 * steps
         assert (m["train"]["seed"], m["train"]["seq_len"], m["data"]["name"]) == (0, 128, "shakespeare")
     largest = members[-1]
-    assert largest["optim"]["lr"] == pytest.approx(3.17e-3, rel=1e-3) and largest["train"]["batch_size"] == 16
-    assert 20 * n[-1] < 2_700_000  # below Shakespeare's 2.75M train tokens: no member repeats data
+    assert largest["optim"]["lr"] == pytest.approx(3.17e-3, rel=1e-3)
+    assert {m["train"]["tokens"] for m in members} == {2_500_000}  # below Shakespeare's 2.75M: no repeats
+    assert {m["train"]["batch_size"] for m in members} == {8}
 
 
 def test_isoflop_cpu_centres_five_sizes_on_each_optimum():

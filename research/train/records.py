@@ -15,9 +15,12 @@ RESULT_FIELDS = (
     # bad steps (research/train/guards.py): NaN/Inf steps, loss spikes, updates not applied, rollbacks
     "nonfinite_steps", "spike_steps", "skipped_steps", "rollbacks",
     "attention_impl",  # the attention kernel that ran (xla, or cudnn when the fast path was available)
-    # overhead of this session: config checks, data, init and restore up to the first step; the first step
-    # itself (compilation, or a compilation-cache load, plus one step). wall_seconds includes both.
+    # overhead of this session, both inside wall_seconds: start-up (config checks, data, init, restore, up to
+    # the first step) and compiling the init, train and eval programs (or loading them from the cache)
     "startup_seconds", "compile_seconds",
+    # in a local sweep: seconds this member waited, before its start-up, for the compile of its programs
+    # that ran while the previous member trained, and how long that compile took (research/sweep.py)
+    "compile_ahead_wait_seconds", "compile_ahead_seconds",
 )  # fmt: skip
 
 
