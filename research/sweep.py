@@ -340,8 +340,8 @@ def member_overrides(config: DictConfig) -> list[list[str]] | None:
 
 class CompileAhead:
     """While member k trains, a background thread compiles member k+1's init, train and eval programs into
-    JAX's persistent compilation cache; member k+1 then loads them. Local (in-process) sweeps only: the
-    members of a SLURM sweep start on other machines."""
+    JAX's persistent compilation cache; member k+1 then loads them. Local (in-process) sweeps on the CPU
+    only: the members of a SLURM sweep start on other machines."""
 
     def __init__(self, config: DictConfig) -> None:
         self.jobs = member_overrides(config) or []
@@ -391,8 +391,17 @@ class CompileAhead:
         self.thread.start()
 
 
-def _is_local_launcher(config: DictConfig) -> bool:
-    return str(OmegaConf.select(config, "hydra.launcher._target_") or "").endswith("BasicLauncher")
+def _compiles_ahead(config: DictConfig) -> bool:
+    """Local (in-process) sweeps on the CPU. On a GPU a member's compile is small next to its training, and
+    XLA's GPU autotuner would run kernels on the device the current member is training on."""
+    if not str(OmegaConf.select(config, "hydra.launcher._target_") or "").endswith("BasicLauncher"):
+        return False
+    import jax
+
+    from research import distributed
+
+    distributed.maybe_initialize()  # before any other JAX use (a no-op for one process)
+    return jax.process_count() == 1 and jax.default_backend() == "cpu"
 
 
 class SweepCallback(Callback):
@@ -411,7 +420,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.total = count_members(config)
         self.started = time.time()
-        if self.compile_ahead and _is_local_launcher(config):
+        if self.compile_ahead and _compiles_ahead(config):
             self.ahead = CompileAhead(config)
         n = "?" if self.total is None else self.total
         print(f"[sweep] {OmegaConf.select(config, 'train.experiment')}: {n} members -> {config.hydra.sweep.dir}",
