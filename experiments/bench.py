@@ -65,6 +65,25 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
 PYTORCH_CPU_TOKENS_PER_S = {"nanogpt_bench_s": 15_900, "nanogpt_bench_m": 2_100}
 
 
+def pytorch_now(model: str, steps: int) -> dict[str, Any] | None:
+    """scripts/torch_reference.py for a nanogpt_bench shape, run now with this process's allocator (LD_PRELOAD):
+    this machine's speed drifts by up to 1.6x, so the fair ratio is the one taken in the same minute."""
+    import importlib.util
+    import re
+    import subprocess
+
+    shape = {"nanogpt_bench_s": "s", "nanogpt_bench_m": "m"}.get(model)
+    if shape is None or importlib.util.find_spec("torch") is None:
+        return None
+    cmd = [sys.executable, str(ROOT / "scripts" / "torch_reference.py"), shape, "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    m = re.search(r"(tcmalloc|glibc malloc).*?([\d,]+) tokens/s \(best ([\d,]+)\)", out.stdout)
+    if out.returncode or not m:
+        return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]}
+    return {"allocator": m.group(1), "tokens_per_s": float(m.group(2).replace(",", "")),
+            "best_tokens_per_s": float(m.group(3).replace(",", ""))}  # fmt: skip
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16: XLA's CPU kernels then run bf16 matmuls at about twice the float32 rate."""
     try:
@@ -254,6 +273,14 @@ def report(r: dict[str, Any]) -> str:
             f"   vs PyTorch  {r['tokens_per_s'] / ref:.2f}x the issue's PyTorch reference ({ref:,} tokens/s, float32, "
             f"tcmalloc); best step {r['batch'] * r['seq_len'] / r['step_s_min'] / ref:.2f}x"
         )
+    live = r.get("pytorch_now")
+    if live and "tokens_per_s" in live:
+        lines.append(
+            f"   vs PyTorch  {r['tokens_per_s'] / live['tokens_per_s']:.2f}x PyTorch measured right after "
+            f"({live['tokens_per_s']:,.0f} tokens/s, float32, {live['allocator']}; best step {live['best_tokens_per_s']:,.0f})"
+        )
+    elif live:
+        lines.append(f"   vs PyTorch  not measured now ({live['error'][0]})")
     if r.get("loader_tokens_per_s"):
         lines.append(
             f"   loader      {r['loader_tokens_per_s']:,.0f} tokens/s from research.data's train loader "
@@ -292,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         help="override a model or mesh field, e.g. model.compute_dtype=bfloat16, mesh.tensor=2 (repeatable)",
     )
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader measurement")
+    p.add_argument(
+        "--no-torch", action="store_true", help="skip running the PyTorch reference next to the nanogpt_bench cases"
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument(
         "--compile-cache",
@@ -331,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             c["model"], c["mesh"], c["batch"], seq_len, c["steps"], c["warmup"], c.get("sets", []) + args.sets,
             microbatches=c["microbatches"], loader=not args.no_loader,
         )  # fmt: skip
+        if jax.default_backend() == "cpu" and c["batch"] == 16 and seq_len == 256 and not args.no_torch:
+            r["pytorch_now"] = pytorch_now(c["model"], steps=10 if c["model"].endswith("_s") else 5)
         results.append(r)
         if jax.process_index() == 0:
             print(report(r), flush=True)

@@ -19,7 +19,7 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 jax() {  # label, model, dtype, launcher...
   local label=$1 model=$2 dtype=$3; shift 3
   local out steps=$([ "$model" = nanogpt_bench_s ] && echo 20 || echo 5)
-  out=$("$@" $PY experiments/bench.py --model "$model" --batch 16 --steps "$steps" --warmup 2 --no-loader \
+  out=$("$@" $PY experiments/bench.py --model "$model" --batch 16 --steps "$steps" --warmup 2 --no-loader --no-torch \
     --set model.compute_dtype="$dtype" 2>&1)
   echo "$out" | grep -q "tokens/s" || { echo "$label $model FAILED:"; echo "$out" | tail -5; return; }
   printf '%-9s %-16s %s | %s   (load %s)\n' "$label" "$model" "$(echo "$out" | grep -m1 '   tokens/s' | xargs)" \

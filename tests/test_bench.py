@@ -33,3 +33,23 @@ def test_bench_rejects_unknown_names():
         bench.main(["--model", "nano_zz"])
     with pytest.raises(SystemExit, match="has no field 'widht'"):
         bench.main(["--model", "nano_xs", "--set", "model.widht=3"])
+
+
+def test_pytorch_reference_runs_next_to_the_case():
+    """The issue's PyTorch reference, measured live (the CPU's speed drifts; a ratio is fair within a minute)."""
+    live = bench.pytorch_now("nanogpt_bench_s", steps=1)
+    assert live is not None and live["tokens_per_s"] > 0 and live["allocator"] in ("tcmalloc", "glibc malloc")
+    assert live["best_tokens_per_s"] >= live["tokens_per_s"]
+    assert bench.pytorch_now("nano_xs", steps=1) is None  # only the issue's two shapes have a reference
+    line = bench.report({**_FAKE, "pytorch_now": live})
+    assert f"PyTorch measured right after ({live['tokens_per_s']:,.0f} tokens/s, float32" in line
+
+
+_FAKE = dict(
+    model="nanogpt_bench_s", params=1, n_layer=4, d_model=128, n_head=4, d_head=32, batch=16, seq_len=256,
+    microbatches=1, device="cpu", n_devices=1, platform="cpu", mesh="single", param_dtype="float32",
+    compute_dtype="bfloat16", attention_impl="xla", attention_requested="xla", remat="none", scan_layers=False,
+    compile_s=1.0, init_s=1.0, step_s=0.2, step_s_min=0.18, steps_timed=2, tokens_per_s=20480.0,
+    tflops_model=0.1, tflops_6n=0.05, flops_per_token_model=1.0, flops_per_token_6n=1.0, mfu_model=0.1,
+    mfu_6n=0.05, peak_flops=None,
+)  # fmt: skip
