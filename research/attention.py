@@ -19,15 +19,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from research.matmul import einsum_f32
+
 F32 = jnp.float32
 NEG = float(jnp.finfo(F32).min)
 
 # Query rows per block (32/64/128/256 measured within the CPU machine's drift, docs/performance.md).
 ATTENTION_BLOCK = 64
-
-
-def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
 def _blocks(T: int, window: int, block: int) -> list[tuple[int, int, int]]:
@@ -53,12 +51,12 @@ def _forward(q_BNTH, k_BNTH, v_BNTH, window, block):
     scale = 1.0 / math.sqrt(q_BNTH.shape[-1])
     outs, lses = [], []
     for start, end, k0 in _blocks(q_BNTH.shape[2], window, block):
-        s_BNQK = _einsum("BNQH,BNKH->BNQK", q_BNTH[:, :, start:end], k_BNTH[:, :, k0:end]) * scale
+        s_BNQK = einsum_f32("BNQH,BNKH->BNQK", q_BNTH[:, :, start:end], k_BNTH[:, :, k0:end]) * scale
         s_BNQK = jnp.where(_mask_QK(start, end, k0, window), s_BNQK, NEG)
         m_BNQ1 = s_BNQK.max(-1, keepdims=True)
         p_BNQK = jnp.exp(s_BNQK - m_BNQ1)  # unnormalised: divide the [Q, H] output, not the [Q, K] matrix
         l_BNQ1 = p_BNQK.sum(-1, keepdims=True)
-        o_BNQH = _einsum("BNQK,BNKH->BNQH", p_BNQK.astype(v_BNTH.dtype), v_BNTH[:, :, k0:end]) / l_BNQ1
+        o_BNQH = einsum_f32("BNQK,BNKH->BNQH", p_BNQK.astype(v_BNTH.dtype), v_BNTH[:, :, k0:end]) / l_BNQ1
         outs.append(o_BNQH.astype(v_BNTH.dtype))
         lses.append((m_BNQ1 + jnp.log(l_BNQ1))[..., 0])
     cat = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=2)  # noqa: E731
@@ -71,8 +69,8 @@ def _contract_keys(ds_BNKQ: jax.Array, k_BNKH: jax.Array) -> jax.Array:
     about 2x the plain einsum (docs/performance.md)."""
     B, N, K, Q = ds_BNKQ.shape
     if K % 2:
-        return _einsum("BNKQ,BNKH->BNQH", ds_BNKQ, k_BNKH)
-    return _einsum("BNabQ,BNabH->BNQH", ds_BNKQ.reshape(B, N, 2, K // 2, Q), k_BNKH.reshape(B, N, 2, K // 2, -1))
+        return einsum_f32("BNKQ,BNKH->BNQH", ds_BNKQ, k_BNKH)
+    return einsum_f32("BNabQ,BNabH->BNQH", ds_BNKQ.reshape(B, N, 2, K // 2, Q), k_BNKH.reshape(B, N, 2, K // 2, -1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -99,13 +97,13 @@ def _attention_bwd(window, block, residuals, do_BNTH):
         q_BNQH, do_BNQH = q_BNTH[:, :, start:end], do_BNTH[:, :, start:end]
         k_BNKH, v_BNKH = k_BNTH[:, :, k0:end], v_BNTH[:, :, k0:end]
         # keys x queries, so that dK and dV contract over the last axis of their left operand
-        s_BNKQ = _einsum("BNKH,BNQH->BNKQ", k_BNKH, q_BNQH) * scale
+        s_BNKQ = einsum_f32("BNKH,BNQH->BNKQ", k_BNKH, q_BNQH) * scale
         lse_BN1Q = lse_BNT[:, :, None, start:end]
         p_BNKQ = jnp.where(_mask_QK(start, end, k0, window).T, jnp.exp(s_BNKQ - lse_BN1Q), 0.0)
-        dv_BNTH = dv_BNTH.at[:, :, k0:end].add(_einsum("BNKQ,BNQH->BNKH", p_BNKQ.astype(cd), do_BNQH))
-        dp_BNKQ = _einsum("BNKH,BNQH->BNKQ", v_BNKH, do_BNQH)
+        dv_BNTH = dv_BNTH.at[:, :, k0:end].add(einsum_f32("BNKQ,BNQH->BNKH", p_BNKQ.astype(cd), do_BNQH))
+        dp_BNKQ = einsum_f32("BNKH,BNQH->BNKQ", v_BNKH, do_BNQH)
         ds_BNKQ = (p_BNKQ * (dp_BNKQ - delta_BNT[:, :, None, start:end]) * scale).astype(cd)
-        dk_BNTH = dk_BNTH.at[:, :, k0:end].add(_einsum("BNKQ,BNQH->BNKH", ds_BNKQ, q_BNQH))
+        dk_BNTH = dk_BNTH.at[:, :, k0:end].add(einsum_f32("BNKQ,BNQH->BNKH", ds_BNKQ, q_BNQH))
         dq_blocks.append(_contract_keys(ds_BNKQ, k_BNKH))
     dq_BNTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=2)
     return dq_BNTH.astype(cd), dk_BNTH.astype(cd), dv_BNTH.astype(cd)

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 F32 = jnp.float32
 
 
-def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+def einsum_f32(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum with float32 accumulation and output, whatever the input dtype."""
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
@@ -44,14 +45,14 @@ def _dense(x: jax.Array, w: jax.Array, cd: jnp.dtype, specs: tuple[str, str, str
 
 def _dense_fwd(x, w, cd, specs, x_dtype, w_dtype):
     x_c, w_c = x.astype(cd), w.astype(cd)  # the residuals: compute-dtype copies (half the memory)
-    return _einsum(specs[0], x_c, w_c), (x_c, w_c)
+    return einsum_f32(specs[0], x_c, w_c), (x_c, w_c)
 
 
 def _dense_bwd(cd, specs, x_dtype, w_dtype, residuals, g):
     x_c, w_c = residuals
     g_c = g.astype(cd)
-    dx = _einsum(specs[1], g_c, w_c)
-    dw = _einsum(specs[2], x_c, g_c)  # contracts batch and time: XLA makes it one transpose + a fast matmul
+    dx = einsum_f32(specs[1], g_c, w_c)
+    dw = einsum_f32(specs[2], x_c, g_c)  # contracts batch and time: XLA makes it one transpose + a fast matmul
     return dx.astype(x_dtype), dw.astype(w_dtype)
 
 
@@ -65,5 +66,5 @@ def dense(x: jax.Array, w: jax.Array, compute_dtype, *, contract: int = 1, trans
     cd = jnp.dtype(compute_dtype)
     specs = _specs(x.ndim, w.ndim, contract, transposed)
     if cd == F32:
-        return _einsum(specs[0], x.astype(F32), w.astype(F32))
+        return einsum_f32(specs[0], x.astype(F32), w.astype(F32))
     return _dense(x, w, cd, specs, jnp.dtype(x.dtype), jnp.dtype(w.dtype))

@@ -130,10 +130,22 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, Any]) -
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules: Mapping[str, Any]) -> Iterator[None]:
     """Make `constrain` use this mesh and rule table (and set JAX's mesh context)."""
-    token = _active.set((mesh, dict(rules)))
+    with jax.set_mesh(mesh), constraining((mesh, dict(rules))):
+        yield
+
+
+def active() -> tuple[Mesh | None, Mapping[str, Any]]:
+    """The (mesh, rules) that `constrain` uses here; (None, defaults) outside `activate`."""
+    return _active.get()
+
+
+@contextlib.contextmanager
+def constraining(mesh_and_rules: tuple[Mesh | None, Mapping[str, Any]]) -> Iterator[None]:
+    """Only `constrain`'s (mesh, rules), not JAX's mesh context: usable inside a traced function, where a jit
+    made under `activate` but traced later (at its first call) re-enters the context it was made in."""
+    token = _active.set(mesh_and_rules)
     try:
-        with jax.set_mesh(mesh):
-            yield
+        yield
     finally:
         _active.reset(token)
 

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -363,8 +364,6 @@ class CompileAhead:
         if not 0 <= num < len(self.jobs):
             return
         try:
-            import threading
-
             from hydra import compose
 
             from research.config import to_config

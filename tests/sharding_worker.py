@@ -153,12 +153,12 @@ def train(
     batch_sh = sharding.batch_sharding(mesh, rules)
     out["batch_spec"] = str(batch_sh.spec)
     graphdef = graphdef_of(model)  # outside the mesh context, as the loop does
-    step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches)
+    with sharding.activate(mesh, rules):  # the step keeps this context for its trace at the first call below
+        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches)
     losses = []
     for i in range(len(data)):
         old_leaves = jax.tree.leaves(state)
-        with sharding.activate(mesh, rules):  # traced in the mesh context, as the loop compiles it
-            state, metrics = step(state, jax.device_put(data[i], batch_sh))
+        state, metrics = step(state, jax.device_put(data[i], batch_sh))
         if i == 0:
             out["donated"] = all(x.is_deleted() for x in old_leaves)
         losses.append(float(metrics["loss"]))

@@ -170,17 +170,18 @@ def test_results_record_the_attention_path(tmp_path, corpus_dir):
     assert results["status"] == "completed" and on_disk["attention_impl"] == "xla"
 
 
-def test_the_loop_traces_its_programs_inside_the_mesh_context(monkeypatch, tmp_path, corpus_dir):
-    """Activation sharding constraints only act when `constrain` sees the mesh at trace time; a jit traced
-    lazily at its first call outside `sharding.activate` silently dropped them (10x the collective bytes
-    on fsdp 4 x tensor 2, docs/performance.md)."""
+def test_steps_trace_in_the_mesh_context_they_were_made_in(monkeypatch, tmp_path, corpus_dir):
+    """Activation sharding constraints only act when `constrain` sees the mesh at trace time. A jit traces at
+    its first call, which used to come outside `sharding.activate` and silently dropped them (10x the
+    collective bytes on fsdp 4 x tensor 2, docs/performance.md): the steps now keep the context they were
+    made in, for the loop's programs and for a step made under `activate` and called outside it."""
     from research import layers, model
     from research.train import programs
 
     seen = []
 
     def recording(x, names):
-        seen.append(sharding._active.get()[0] is not None)
+        seen.append(sharding.active()[0] is not None)
         return x
 
     monkeypatch.setattr(layers, "constrain", recording)
@@ -189,4 +190,10 @@ def test_the_loop_traces_its_programs_inside_the_mesh_context(monkeypatch, tmp_p
     p = programs.build(cfg)
     p.compile_train_step(cfg.train.batch_size, cfg.train.seq_len)
     p.compile_eval_step(cfg.train.batch_size, cfg.train.seq_len)
+    assert seen and all(seen)
+    assert sharding.active()[0] is None  # nothing leaked out of the traces
+
+    seen.clear()
+    state = p.init_state(cfg.train.seed)
+    p.train_step(state, np.zeros((cfg.train.batch_size, cfg.train.seq_len + 1), np.int32))  # traced here, outside
     assert seen and all(seen)

@@ -2,7 +2,8 @@
 
 The training loop and a sweep compiling its next member ahead (research/sweep.py) both build them here,
 so the two produce the same HLO and the member finds its executables in JAX's persistent compilation
-cache. Tracing happens inside the mesh context, so the model's activation sharding constraints apply.
+cache. The steps are made inside the mesh context and trace in it, so the model's activation sharding
+constraints apply.
 """
 
 from __future__ import annotations
@@ -70,12 +71,10 @@ class Programs:
         args = [self.target, self.batch_struct(batch, seq_len)]
         if self.poison:
             args.append(jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(self.mesh, PartitionSpec())))
-        with sharding.activate(self.mesh, self.rules):
-            return self.train_step.lower(*args).compile()
+        return self.train_step.lower(*args).compile()
 
     def compile_eval_step(self, batch: int, seq_len: int) -> Any:
-        with sharding.activate(self.mesh, self.rules):
-            return self.eval_step.lower(self.target.params, self.batch_struct(batch, seq_len)).compile()
+        return self.eval_step.lower(self.target.params, self.batch_struct(batch, seq_len)).compile()
 
     def init_state(self, seed: int) -> TrainState:
         with sharding.activate(self.mesh, self.rules):
@@ -96,14 +95,16 @@ def build(cfg: Config, poison: bool = False) -> Programs:
     shardings = state_shardings(abstract, mesh, rules)
     graphdef = graphdef_of(cfg.model)
     batch_sh = sharding.batch_sharding(mesh, rules)
-    train_step = make_train_step(
-        graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison
-    )
+    with sharding.activate(mesh, rules):  # the steps keep this context for their traces
+        train_step = make_train_step(
+            graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison
+        )
+        eval_step = make_eval_step(graphdef, shardings.params, batch_sh)
     return Programs(
         steps=steps, warmup=warmup, schedule=schedule, tx=tx, mesh=mesh, rules=rules, shardings=shardings,
         target=restore_target(abstract, shardings), graphdef=graphdef, batch_sharding=batch_sh,
         init=jax.jit(init, out_shardings=shardings), train_step=train_step,
-        eval_step=make_eval_step(graphdef, shardings.params, batch_sh), poison=poison,
+        eval_step=eval_step, poison=poison,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from research import sharding
 from research.train import guards
 from research.train.guards import GuardConfig
 from research.train.state import TrainState
@@ -59,8 +60,13 @@ def make_train_step(
     With poison=True (test hook) the step takes a third argument, a float32 scale applied to the
     loss and gradients (NaN, Inf or 100 to inject a bad step; 1 otherwise)."""
     guard = guard or GuardConfig()
+    made_in = sharding.active()  # jit traces at the first call, maybe outside `activate`: constrain as made
 
     def train_step(state: TrainState, tokens_BT1: jax.Array, scale: jax.Array | None = None):
+        with sharding.constraining(made_in):
+            return _train_step(state, tokens_BT1, scale)
+
+    def _train_step(state: TrainState, tokens_BT1: jax.Array, scale: jax.Array | None):
         loss, grads = _loss_and_grads(graphdef, state.params, tokens_BT1, microbatches)
         if scale is not None:
             loss, grads = loss * scale, jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
@@ -93,8 +99,11 @@ def make_eval_step(
 ) -> Callable[[nnx.State, jax.Array], jax.Array]:
     """Mean loss per sequence, shape [B] (the spread across sequences gives the standard error)."""
 
+    made_in = sharding.active()
+
     def eval_step(params: nnx.State, tokens_BT1: jax.Array) -> jax.Array:
-        return token_losses(graphdef, params, tokens_BT1).mean(axis=-1)
+        with sharding.constraining(made_in):
+            return token_losses(graphdef, params, tokens_BT1).mean(axis=-1)
 
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding), out_shardings=replicated)
