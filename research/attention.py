@@ -19,6 +19,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from research import sharding
 from research.matmul import einsum_f32
 
 F32 = jnp.float32
@@ -46,67 +47,67 @@ def _mask_QK(start: int, end: int, k0: int, window: int) -> jax.Array:
     return mask_QK
 
 
-def _forward(q_BNTH, k_BNTH, v_BNTH, window, block):
-    """Heads-major inputs; returns (o_BNTH in the input dtype, lse_BNT float32)."""
-    scale = 1.0 / math.sqrt(q_BNTH.shape[-1])
+def _forward(q_GTH, k_GTH, v_GTH, window, block):
+    """Inputs [*G, T, H] (G: batch and heads); returns (o_GTH in the input dtype, lse_GT float32)."""
+    scale = 1.0 / math.sqrt(q_GTH.shape[-1])
     outs, lses = [], []
-    for start, end, k0 in _blocks(q_BNTH.shape[2], window, block):
-        s_BNQK = einsum_f32("BNQH,BNKH->BNQK", q_BNTH[:, :, start:end], k_BNTH[:, :, k0:end]) * scale
-        s_BNQK = jnp.where(_mask_QK(start, end, k0, window), s_BNQK, NEG)
-        m_BNQ1 = s_BNQK.max(-1, keepdims=True)
-        p_BNQK = jnp.exp(s_BNQK - m_BNQ1)  # unnormalised: divide the [Q, H] output, not the [Q, K] matrix
-        l_BNQ1 = p_BNQK.sum(-1, keepdims=True)
-        o_BNQH = einsum_f32("BNQK,BNKH->BNQH", p_BNQK.astype(v_BNTH.dtype), v_BNTH[:, :, k0:end]) / l_BNQ1
-        outs.append(o_BNQH.astype(v_BNTH.dtype))
-        lses.append((m_BNQ1 + jnp.log(l_BNQ1))[..., 0])
-    cat = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=2)  # noqa: E731
-    return cat(outs), cat(lses)
+    for start, end, k0 in _blocks(q_GTH.shape[-2], window, block):
+        s_GQK = einsum_f32("...QH,...KH->...QK", q_GTH[..., start:end, :], k_GTH[..., k0:end, :]) * scale
+        s_GQK = jnp.where(_mask_QK(start, end, k0, window), s_GQK, NEG)
+        m_GQ1 = s_GQK.max(-1, keepdims=True)
+        p_GQK = jnp.exp(s_GQK - m_GQ1)  # unnormalised: divide the [Q, H] output, not the [Q, K] matrix
+        l_GQ1 = p_GQK.sum(-1, keepdims=True)
+        o_GQH = einsum_f32("...QK,...KH->...QH", p_GQK.astype(v_GTH.dtype), v_GTH[..., k0:end, :]) / l_GQ1
+        outs.append(o_GQH.astype(v_GTH.dtype))
+        lses.append((m_GQ1 + jnp.log(l_GQ1))[..., 0])
+    cat = lambda xs, axis: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=axis)  # noqa: E731
+    return cat(outs, -2), cat(lses, -1)
 
 
-def _contract_keys(ds_BNKQ: jax.Array, k_BNKH: jax.Array) -> jax.Array:
+def _contract_keys(ds_GKQ: jax.Array, k_GKH: jax.Array) -> jax.Array:
     """dQ = dS^T K, contracting the keys, the leading axis of both. Written as a contraction over two axes
     (the keys split in halves), which XLA's CPU compiler turns into one transpose and a fast matmul,
     about 2x the plain einsum (docs/performance.md)."""
-    B, N, K, Q = ds_BNKQ.shape
+    *G, K, Q = ds_GKQ.shape
     if K % 2:
-        return einsum_f32("BNKQ,BNKH->BNQH", ds_BNKQ, k_BNKH)
-    return einsum_f32("BNabQ,BNabH->BNQH", ds_BNKQ.reshape(B, N, 2, K // 2, Q), k_BNKH.reshape(B, N, 2, K // 2, -1))
+        return einsum_f32("...KQ,...KH->...QH", ds_GKQ, k_GKH)
+    return einsum_f32("...abQ,...abH->...QH", ds_GKQ.reshape(*G, 2, K // 2, Q), k_GKH.reshape(*G, 2, K // 2, -1))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attention(q_BNTH, k_BNTH, v_BNTH, window, block):
-    return _forward(q_BNTH, k_BNTH, v_BNTH, window, block)[0]
+def _attention(q_GTH, k_GTH, v_GTH, window, block):
+    return _forward(q_GTH, k_GTH, v_GTH, window, block)[0]
 
 
-def _attention_fwd(q_BNTH, k_BNTH, v_BNTH, window, block):
-    o_BNTH, lse_BNT = _forward(q_BNTH, k_BNTH, v_BNTH, window, block)
-    return o_BNTH, (q_BNTH, k_BNTH, v_BNTH, o_BNTH, lse_BNT)
+def _attention_fwd(q_GTH, k_GTH, v_GTH, window, block):
+    o_GTH, lse_GT = _forward(q_GTH, k_GTH, v_GTH, window, block)
+    return o_GTH, (q_GTH, k_GTH, v_GTH, o_GTH, lse_GT)
 
 
-def _attention_bwd(window, block, residuals, do_BNTH):
-    q_BNTH, k_BNTH, v_BNTH, o_BNTH, lse_BNT = residuals
-    cd = q_BNTH.dtype
-    scale = 1.0 / math.sqrt(q_BNTH.shape[-1])
-    do_BNTH = do_BNTH.astype(cd)
+def _attention_bwd(window, block, residuals, do_GTH):
+    q_GTH, k_GTH, v_GTH, o_GTH, lse_GT = residuals
+    cd = q_GTH.dtype
+    scale = 1.0 / math.sqrt(q_GTH.shape[-1])
+    do_GTH = do_GTH.astype(cd)
     # D = rowsum(dO * O): the softmax backward's correction term, one number per query
-    delta_BNT = (do_BNTH.astype(F32) * o_BNTH.astype(F32)).sum(-1)
+    delta_GT = (do_GTH.astype(F32) * o_GTH.astype(F32)).sum(-1)
     dq_blocks = []
-    dk_BNTH = jnp.zeros(k_BNTH.shape, F32)
-    dv_BNTH = jnp.zeros(v_BNTH.shape, F32)
-    for start, end, k0 in _blocks(q_BNTH.shape[2], window, block):
-        q_BNQH, do_BNQH = q_BNTH[:, :, start:end], do_BNTH[:, :, start:end]
-        k_BNKH, v_BNKH = k_BNTH[:, :, k0:end], v_BNTH[:, :, k0:end]
+    dk_GTH = jnp.zeros(k_GTH.shape, F32)
+    dv_GTH = jnp.zeros(v_GTH.shape, F32)
+    for start, end, k0 in _blocks(q_GTH.shape[-2], window, block):
+        q_GQH, do_GQH = q_GTH[..., start:end, :], do_GTH[..., start:end, :]
+        k_GKH, v_GKH = k_GTH[..., k0:end, :], v_GTH[..., k0:end, :]
         # keys x queries, so that dK and dV contract over the last axis of their left operand
-        s_BNKQ = einsum_f32("BNKH,BNQH->BNKQ", k_BNKH, q_BNQH) * scale
-        lse_BN1Q = lse_BNT[:, :, None, start:end]
-        p_BNKQ = jnp.where(_mask_QK(start, end, k0, window).T, jnp.exp(s_BNKQ - lse_BN1Q), 0.0)
-        dv_BNTH = dv_BNTH.at[:, :, k0:end].add(einsum_f32("BNKQ,BNQH->BNKH", p_BNKQ.astype(cd), do_BNQH))
-        dp_BNKQ = einsum_f32("BNKH,BNQH->BNKQ", v_BNKH, do_BNQH)
-        ds_BNKQ = (p_BNKQ * (dp_BNKQ - delta_BNT[:, :, None, start:end]) * scale).astype(cd)
-        dk_BNTH = dk_BNTH.at[:, :, k0:end].add(einsum_f32("BNKQ,BNQH->BNKH", ds_BNKQ, q_BNQH))
-        dq_blocks.append(_contract_keys(ds_BNKQ, k_BNKH))
-    dq_BNTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=2)
-    return dq_BNTH.astype(cd), dk_BNTH.astype(cd), dv_BNTH.astype(cd)
+        s_GKQ = einsum_f32("...KH,...QH->...KQ", k_GKH, q_GQH) * scale
+        lse_G1Q = lse_GT[..., None, start:end]
+        p_GKQ = jnp.where(_mask_QK(start, end, k0, window).T, jnp.exp(s_GKQ - lse_G1Q), 0.0)
+        dv_GTH = dv_GTH.at[..., k0:end, :].add(einsum_f32("...KQ,...QH->...KH", p_GKQ.astype(cd), do_GQH))
+        dp_GKQ = einsum_f32("...KH,...QH->...KQ", v_GKH, do_GQH)
+        ds_GKQ = (p_GKQ * (dp_GKQ - delta_GT[..., None, start:end]) * scale).astype(cd)
+        dk_GTH = dk_GTH.at[..., k0:end, :].add(einsum_f32("...KQ,...QH->...KH", ds_GKQ, q_GQH))
+        dq_blocks.append(_contract_keys(ds_GKQ, k_GKH))
+    dq_GTH = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=-2)
+    return dq_GTH.astype(cd), dk_GTH.astype(cd), dv_GTH.astype(cd)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -117,5 +118,13 @@ def blocked_causal_attention(
 ) -> jax.Array:
     """Causal softmax(Q K^T / sqrt(d_head)) V over [B, T, N, H] inputs (window > 0: each query sees only the
     `window` most recent keys, itself included); the result has the layout and dtype of v."""
+    B, T, N, H = q_BTNH.shape
     q_BNTH, k_BNTH, v_BNTH = (jnp.swapaxes(t, 1, 2) for t in (q_BTNH, k_BTNH, v_BTNH))
-    return jnp.swapaxes(_attention(q_BNTH, k_BNTH, v_BNTH, int(window), int(block)), 1, 2)
+    if sharding.shards_of("heads") > 1:  # merging a sharded minor axis would all-gather it
+        return jnp.swapaxes(_attention(q_BNTH, k_BNTH, v_BNTH, int(window), int(block)), 1, 2)
+    # Batch and heads merged: the reshape makes the transposes real bf16 copies. Fed a bare transpose, XLA's
+    # CPU compiler runs a bf16 dot in float32 (its operand upcaster rejects the transposed layout): every
+    # dot of the last query block, the full-length one, at half the bf16 rate (docs/performance.md).
+    q_GTH, k_GTH, v_GTH = (t.reshape(B * N, T, H) for t in (q_BNTH, k_BNTH, v_BNTH))
+    o_GTH = _attention(q_GTH, k_GTH, v_GTH, int(window), int(block))
+    return jnp.swapaxes(o_GTH.reshape(B, N, T, H), 1, 2)

@@ -164,7 +164,17 @@ def batch_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> NamedS
 
 
 def data_shards(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
-    axes = logical_to_spec(("batch",), rules)[0]
+    return _shards(mesh, rules, "batch")
+
+
+def shards_of(name: str) -> int:
+    """How many ways the active mesh splits the logical axis `name` (1 outside `activate`)."""
+    mesh, rules = _active.get()
+    return 1 if mesh is None else _shards(mesh, rules, name)
+
+
+def _shards(mesh: Mesh, rules: Mapping[str, Any] | None, name: str) -> int:
+    axes = logical_to_spec((name,), rules)[0]
     axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
     return math.prod(mesh.shape[a] for a in axes_t)
 

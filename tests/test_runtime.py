@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,23 @@ def test_blocked_attention_equals_reference(T, window, block, dtype):
     grads = lambda f: jax.grad(lambda *a: (f(*a).astype(jnp.float32) * g).sum(), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
     for a, b in zip(grads(new), grads(ref), strict=True):
         np.testing.assert_allclose(f32(a), f32(b), atol=10 * tol, rtol=10 * tol)
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str]]:
+    """(lhs, rhs) element types of every dot in a compiled HLO module's text."""
+    dtype = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+    return [(dtype[a], dtype[b]) for a, b in re.findall(r" dot\(%([\w.\-]+), %([\w.\-]+)\)", hlo)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA's CPU compiler decides this")
+def test_bfloat16_attention_dots_stay_bfloat16_once_compiled():
+    """XLA's CPU compiler runs a bf16 dot in float32 when an operand is a bare transpose (its operand
+    upcaster rejects the transposed layout): that was every dot of the last query block, the full-length
+    one, at half the bf16 rate. The compiled forward and backward have only bf16 x bf16 dots."""
+    q, k, v, g = (jnp.ones((2, 128, 4, 32), jnp.bfloat16) for _ in range(4))
+    grads = lambda q, k, v: jax.grad(  # noqa: E731
+        lambda *a: (blocked_causal_attention(*a).astype(jnp.float32) * g).sum(), argnums=(0, 1, 2)
+    )(q, k, v)
+    dots = _dot_operand_dtypes(jax.jit(grads).lower(q, k, v).compile().as_text())
+    assert len(dots) >= 7 * 2  # two query blocks: 2 forward + 5 backward dots each
+    assert set(dots) == {("bf16", "bf16")}, dots
