@@ -129,7 +129,7 @@ def load_group(group: str, name: str, sets: list[str]) -> Any:
 
 def bench_case(
     model_name: str, mesh_name: str, batch: int, seq_len: int, steps: int, warmup: int, sets: list[str],
-    microbatches: int = 1, loader: bool = True,
+    microbatches: int = 1, loader: bool = True, streams: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     import jax
     import numpy as np
@@ -138,7 +138,7 @@ def bench_case(
     from research.config import OptimConfig, d_head
     from research.train.optimizer import build_optimizer, lr_schedule
     from research.train.state import graphdef_of, init_state
-    from research.train.step import make_train_step
+    from research.train.step import auto_streams, make_train_step
 
     m = load_group("model", model_name, sets)
     if seq_len > m.seq_len:
@@ -147,9 +147,11 @@ def bench_case(
     mesh = sharding.make_mesh(mesh_cfg)
     rules = sharding.make_rules(mesh_cfg.rules)
     shards = sharding.data_shards(mesh, rules)
-    if batch % (shards * microbatches):
+    streams = streams or auto_streams(batch // (shards * microbatches), seq_len, jax.default_backend())
+    if batch % (shards * microbatches * streams):
         raise SystemExit(
-            f"error: --batch {batch} is not divisible by the {shards} data shards x {microbatches} microbatches."
+            f"error: --batch {batch} is not divisible by the {shards} data shards x {microbatches} microbatches"
+            f" x {streams} streams; pick a multiple of {shards * microbatches * streams}."
         )
     attention = sharding.resolve_attention_impl(m)  # warns (once) when cuDNN was asked for and cannot run
 
@@ -164,7 +166,7 @@ def bench_case(
     graphdef = graphdef_of(m)
     batch_sh = sharding.batch_sharding(mesh, rules)
     with sharding.activate(mesh, rules):
-        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches)
+        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches, streams=streams)
 
     rng = np.random.default_rng(0)
     tokens = [
@@ -193,7 +195,7 @@ def bench_case(
     tps = batch * seq_len / step_s
     out: dict[str, Any] = {
         "model": m.name, "mesh": sharding.describe(mesh), "batch": batch, "seq_len": seq_len,
-        "microbatches": microbatches, "compute_dtype": m.compute_dtype, "param_dtype": m.param_dtype,
+        "microbatches": microbatches, "streams": streams, "compute_dtype": m.compute_dtype, "param_dtype": m.param_dtype,
         "attention_requested": m.attention_impl, "attention_impl": attention, "remat": m.remat,
         "scan_layers": m.scan_layers, "params": flops.param_counts(m)["params"],
         "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_head": d_head(m),
@@ -253,7 +255,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"== {r['model']} ({r['params']:,} params, L{r['n_layer']} d{r['d_model']} h{r['n_head']}x{r['d_head']}) "
         f"batch {r['batch']} x seq {r['seq_len']} = {r['batch'] * r['seq_len']:,} tokens/step"
-        + (f", {r['microbatches']} microbatches" if r["microbatches"] > 1 else ""),
+        + (f", {r['microbatches']} microbatches" if r["microbatches"] > 1 else "")
+        + (f", {r['streams']} streams" if r.get("streams", 1) > 1 else ""),
         f"   device      {r['device']} x {r['n_devices']} ({r['platform']}), mesh {r['mesh']}",
         f"   precision   params {r['param_dtype']}, compute {r['compute_dtype']}; attention {r['attention_impl']}"
         + (f" (asked for {r['attention_requested']})" if r["attention_requested"] != r["attention_impl"] else "")
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument(
+        "--streams", type=int, default=None, help="sub-batches per step (default: automatic, as train.streams=null)"
+    )
+    p.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -358,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             seq_len = load_group("model", c["model"], c.get("sets", []) + args.sets).seq_len
         r = bench_case(
             c["model"], c["mesh"], c["batch"], seq_len, c["steps"], c["warmup"], c.get("sets", []) + args.sets,
-            microbatches=c["microbatches"], loader=not args.no_loader,
+            microbatches=c["microbatches"], loader=not args.no_loader, streams=args.streams,
         )  # fmt: skip
         if jax.default_backend() == "cpu" and c["batch"] == 16 and seq_len == 256 and not args.no_torch:
             r["pytorch_now"] = pytorch_now(c["model"], steps=10 if c["model"].endswith("_s") else 5)

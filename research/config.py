@@ -87,6 +87,9 @@ class TrainConfig:
     batch_size: int = 16  # global batch, in sequences
     seq_len: int | None = None  # training window; default: the model's context
     microbatches: int = 1  # gradient accumulation inside the jitted step
+    # independent sub-batches per (micro)batch, for the CPU's two threads; null: automatic (4 or 2 on the
+    # CPU when each keeps >= 1024 tokens per device, else 1: research/train/step.py auto_streams)
+    streams: int | None = None
     # Budget: exactly one of these three.
     steps: int | None = None
     tokens: int | None = None
@@ -284,6 +287,12 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
             f"train.microbatches={t.microbatches} must be a positive divisor of train.batch_size={t.batch_size}; "
             "choose one that divides the batch."
         )
+    micro_rows = t.batch_size // t.microbatches
+    if t.streams is not None and (t.streams < 1 or micro_rows % t.streams):
+        raise ConfigError(
+            f"train.streams={t.streams} must be a positive divisor of the {micro_rows} sequences per microbatch "
+            "(train.batch_size / train.microbatches); choose one that divides them, or null for automatic."
+        )
     budgets = [k for k in ("steps", "tokens", "tokens_per_param") if getattr(t, k) is not None]
     if len(budgets) != 1:
         raise ConfigError(
@@ -383,9 +392,15 @@ def _validate_batch_shards(cfg: Config, n_devices: int) -> None:
     axes = sharding.logical_to_spec(("batch",), sharding.make_rules(cfg.mesh.rules))[0]
     axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
     shards = math.prod(sizes[a] for a in axes_t)
-    t = cfg.train
-    if t.batch_size % (shards * t.microbatches):
+    check_batch_split(cfg.train, shards)
+
+
+def check_batch_split(t: TrainConfig, shards: int) -> None:
+    """The global batch splits evenly over the data shards, the microbatches and (when set) the streams."""
+    parts = shards * t.microbatches * (t.streams or 1)
+    if t.batch_size % parts:
+        streams = f" x {t.streams} streams" if t.streams else ""
         raise ConfigError(
             f"train.batch_size={t.batch_size} is not divisible by the {shards} data shards x "
-            f"{t.microbatches} microbatches; pick a multiple of {shards * t.microbatches}."
+            f"{t.microbatches} microbatches{streams}; pick a multiple of {parts}."
         )

@@ -49,6 +49,7 @@ CASES = [
      "smaller than one step of 512 tokens; raise train.tokens_per_param"),
     ("zero_batch", ["train.batch_size=0"], "train.batch_size=0 must be positive"),
     ("microbatches_do_not_divide", ["train.microbatches=3"], "train.microbatches=3 must be a positive divisor"),
+    ("streams_do_not_divide", ["train.streams=3"], "train.streams=3 must be a positive divisor of the 8 sequences"),
     ("tokenizer_vocab_above_model", ["data.vocab_size=1024"], "data.vocab_size=1024 is above model.vocab_size=384"),
     ("vocab_too_small_for_the_tokenizer", ["model.vocab_size=200"], "data.vocab_size=200 is too small"),
     ("missing_data_path", ["data.sources=[/nonexistent/corpus]"], "data.sources: '/nonexistent/corpus' does not exist"),

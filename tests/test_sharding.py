@@ -109,6 +109,8 @@ def test_mesh_fill_and_impossible_meshes():
         ("fsdp_tp", ["mesh.tensor=3"], "mesh sizes {'data': 1, 'fsdp': -1, 'tensor': 3} cannot fill 8 devices"),
         ("dp", ["train.batch_size=12"], "train.batch_size=12 is not divisible by the 8 data shards x 1 microbatches"),
         ("fsdp_tp", ["train.batch_size=8", "train.microbatches=4"], "not divisible by the 4 data shards x 4 micro"),
+        ("fsdp_tp", ["train.batch_size=8", "train.streams=4"], "4 data shards x 1 microbatches x 4 streams; pick a "
+         "multiple of 16"),
         ("fsdp", ["+mesh.rules.embed=pipeline"], "mesh.rules.embed='pipeline' names unknown mesh axes"),
     ],
 )

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from research import data as data_lib
 from research import distributed, flops, safety, sharding
 from research.checkpoint import Checkpointer
-from research.config import Config, ConfigError, batch_tokens, total_steps, train_seq_len, validate
+from research.config import Config, ConfigError, batch_tokens, check_batch_split, total_steps, train_seq_len, validate
 from research.metrics import JsonlWriter, TensorBoardWriter, read_jsonl
 from research.train import preflight, programs, records
 from research.train.guards import BadStepsError, Monitor, Verdict, guard_metrics
@@ -137,12 +137,7 @@ def _train(cfg: Config, run_dir: Path, results: dict[str, Any], is_main: bool) -
 
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.make_rules(cfg.mesh.rules)
-    shards = sharding.data_shards(mesh, rules)
-    if tc.batch_size % (shards * tc.microbatches):
-        raise ConfigError(
-            f"train.batch_size={tc.batch_size} is not divisible by the {shards} data shards x "
-            f"{tc.microbatches} microbatches; pick a multiple of {shards * tc.microbatches}."
-        )
+    check_batch_split(tc, sharding.data_shards(mesh, rules))
     try:
         ds = data_lib.prepare(cfg.data)
     except OSError as e:
@@ -159,6 +154,7 @@ def _train(cfg: Config, run_dir: Path, results: dict[str, Any], is_main: bool) -
     poison = {s: _POISON[tc.debug_poison_kind] for s in tc.debug_poison_steps}
     p = programs.build(cfg, poison=bool(poison))
     warmup, target, batch_sh = p.warmup, p.target, p.batch_sharding
+    results["streams"] = p.streams
     # Compiled ahead of the loop (and timed apart from the rest of start-up); a sweep may have put them
     # in the persistent cache while the previous member trained.
     compile_started = time.perf_counter()

@@ -27,7 +27,7 @@ from research.config import Config, total_steps, train_seq_len, warmup_steps
 from research.train.guards import GuardConfig
 from research.train.optimizer import build_optimizer, lr_schedule
 from research.train.state import TrainState, _init_fn, graphdef_of, state_shardings
-from research.train.step import make_eval_step, make_train_step
+from research.train.step import auto_streams, make_eval_step, make_train_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,7 @@ class Programs:
     train_step: Any  # jit: (state, tokens[, scale]) -> (state, metrics)
     eval_step: Any  # jit: (params, tokens) -> per-sequence loss
     poison: bool
+    streams: int  # independent sub-batches per (micro)batch in the train step (resolved from train.streams)
 
     def batch_struct(self, batch: int, seq_len: int) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32, sharding=self.batch_sharding)
@@ -95,16 +96,19 @@ def build(cfg: Config, poison: bool = False) -> Programs:
     shardings = state_shardings(abstract, mesh, rules)
     graphdef = graphdef_of(cfg.model)
     batch_sh = sharding.batch_sharding(mesh, rules)
+    rows_per_device = tc.batch_size // (sharding.data_shards(mesh, rules) * tc.microbatches)
+    streams = tc.streams or auto_streams(rows_per_device, train_seq_len(cfg), jax.default_backend())
     with sharding.activate(mesh, rules):  # the steps keep this context for their traces
         train_step = make_train_step(
-            graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison
+            graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison,
+            streams,
         )
         eval_step = make_eval_step(graphdef, shardings.params, batch_sh)
     return Programs(
         steps=steps, warmup=warmup, schedule=schedule, tx=tx, mesh=mesh, rules=rules, shardings=shardings,
         target=restore_target(abstract, shardings), graphdef=graphdef, batch_sharding=batch_sh,
         init=jax.jit(init, out_shardings=shardings), train_step=train_step,
-        eval_step=eval_step, poison=poison,
+        eval_step=eval_step, poison=poison, streams=streams,
     )  # fmt: skip
 
 

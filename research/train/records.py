@@ -15,6 +15,7 @@ RESULT_FIELDS = (
     # bad steps (research/train/guards.py): NaN/Inf steps, loss spikes, updates not applied, rollbacks
     "nonfinite_steps", "spike_steps", "skipped_steps", "rollbacks",
     "attention_impl",  # the attention kernel that ran (xla, or cudnn when the fast path was available)
+    "streams",  # independent sub-batches per (micro)batch in the train step (train.streams, resolved)
     # overhead of this session, both inside wall_seconds: start-up (config checks, data, init, restore, up to
     # the first step) and compiling the init, train and eval programs (or loading them from the cache)
     "startup_seconds", "compile_seconds",

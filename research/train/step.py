@@ -24,20 +24,53 @@ def token_losses(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Arra
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), tokens_BT1[:, 1:])
 
 
-def _loss_and_grads(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Array, microbatches: int):
+# Streams (CPU): each (micro)batch is split into independent sub-batches whose forward and backward
+# passes are separate, unrolled subgraphs. XLA's CPU runtime then has two independent ops to run on its
+# two threads where one chain of small ops would leave a core waiting (nanogpt_bench_s: 0.92x the step
+# time with 4 streams, docs/performance.md). The update is the full batch's: the mean of equal-sized
+# sub-batch means. Accelerators gain nothing from smaller kernels: one stream there.
+STREAM_MIN_TOKENS = 1024  # per stream and device; below it the extra compile time buys nothing measurable
+AUTO_STREAMS = (4, 2)  # tried in this order
+
+
+def auto_streams(rows_per_device: int, seq_len: int, backend: str) -> int:
+    """Streams for train.streams=null: on the CPU the most of 4, 2 that split the rows each device holds
+    (per microbatch) evenly into sub-batches of at least STREAM_MIN_TOKENS tokens; 1 elsewhere."""
+    if backend != "cpu":
+        return 1
+    for streams in AUTO_STREAMS:
+        if rows_per_device % streams == 0 and rows_per_device // streams * seq_len >= STREAM_MIN_TOKENS:
+            return streams
+    return 1
+
+
+def _strided_split(tokens_BT1: jax.Array, parts: int) -> jax.Array:
+    """[parts, B / parts, T + 1]: part i takes rows i, i + parts, ... so that every device keeps its own rows
+    in every part (a contiguous split would put each part on a few devices and all-gather it)."""
+    return tokens_BT1.reshape(-1, parts, tokens_BT1.shape[-1]).swapaxes(0, 1)
+
+
+def _loss_and_grads(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Array, microbatches: int, streams: int):
     def loss_fn(p: nnx.State, tokens: jax.Array) -> jax.Array:
         return token_losses(graphdef, p, tokens).mean()
 
     grad_fn = jax.value_and_grad(loss_fn)
+
+    def batch_grads(tokens: jax.Array):
+        if streams == 1:
+            return grad_fn(params, tokens)
+        parts = _strided_split(tokens, streams)
+        outs = [grad_fn(params, parts[i]) for i in range(streams)]  # unrolled: independent subgraphs
+        loss = sum(loss for loss, _ in outs) / streams
+        return loss, jax.tree.map(lambda *g: sum(g) / streams, *(grads for _, grads in outs))
+
     if microbatches == 1:
-        return grad_fn(params, tokens_BT1)
-    # Microbatch m takes rows m, m + M, m + 2M, ...: every device keeps its own rows in every microbatch
-    # (a contiguous split would put each microbatch on a few devices and all-gather it inside the loop).
-    tokens_MBT1 = tokens_BT1.reshape(-1, microbatches, tokens_BT1.shape[-1]).swapaxes(0, 1)
+        return batch_grads(tokens_BT1)
+    tokens_MBT1 = _strided_split(tokens_BT1, microbatches)
 
     def accumulate(carry, tokens):
         loss_sum, grad_sum = carry
-        loss, grads = grad_fn(params, tokens)
+        loss, grads = batch_grads(tokens)
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -54,11 +87,13 @@ def make_train_step(
     microbatches: int = 1,
     guard: GuardConfig | None = None,
     poison: bool = False,
+    streams: int = 1,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """train_step(state, tokens) -> (state, metrics). A bad step (non-finite or spiking loss, see
     guards.py) leaves parameters and optimizer state unchanged; the step counter always advances.
     With poison=True (test hook) the step takes a third argument, a float32 scale applied to the
-    loss and gradients (NaN, Inf or 100 to inject a bad step; 1 otherwise)."""
+    loss and gradients (NaN, Inf or 100 to inject a bad step; 1 otherwise). `streams` splits each
+    (micro)batch into that many independent sub-batches (see auto_streams); the update is the same."""
     guard = guard or GuardConfig()
     made_in = sharding.active()  # jit traces at the first call, maybe outside `activate`: constrain as made
 
@@ -67,7 +102,7 @@ def make_train_step(
             return _train_step(state, tokens_BT1, scale)
 
     def _train_step(state: TrainState, tokens_BT1: jax.Array, scale: jax.Array | None):
-        loss, grads = _loss_and_grads(graphdef, state.params, tokens_BT1, microbatches)
+        loss, grads = _loss_and_grads(graphdef, state.params, tokens_BT1, microbatches, streams)
         if scale is not None:
             loss, grads = loss * scale, jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)

@@ -1,0 +1,59 @@
+"""Streams: the train step split into independent sub-batches (CPU throughput) makes the full batch's update."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_overrides, train_in_process
+
+from research import sharding
+from research.config import MeshConfig, ModelConfig, OptimConfig
+from research.train.optimizer import build_optimizer, lr_schedule
+from research.train.state import graphdef_of, init_state
+from research.train.step import STREAM_MIN_TOKENS, auto_streams, make_train_step
+
+MODEL = ModelConfig(name="t", n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16)
+
+
+def _one_step(microbatches: int, streams: int):
+    mesh = sharding.make_mesh(MeshConfig())
+    rules = sharding.make_rules(MeshConfig().rules)
+    schedule = lr_schedule(OptimConfig(), 10, 1)
+    tx = build_optimizer(OptimConfig(), schedule)
+    state, shardings = init_state(MODEL, tx, 0, mesh, rules)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    graphdef = graphdef_of(MODEL)
+    with sharding.activate(mesh, rules):
+        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches, streams=streams)
+    tokens = np.random.default_rng(0).integers(0, MODEL.vocab_size, (8, MODEL.seq_len + 1), dtype=np.int32)
+    state, metrics = step(state, jax.device_put(tokens, batch_sh))
+    return float(metrics["loss"]), float(metrics["grad_norm"]), jax.tree.leaves(state.params)
+
+
+def test_streams_make_the_full_batch_update():
+    loss, norm, params = _one_step(1, 1)
+    for microbatches, streams in ((1, 2), (1, 4), (2, 2)):
+        loss_s, norm_s, params_s = _one_step(microbatches, streams)
+        assert loss_s == pytest.approx(loss, rel=1e-6), (microbatches, streams)
+        assert norm_s == pytest.approx(norm, rel=1e-5), (microbatches, streams)
+        for a, b in zip(params_s, params, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_streams_only_on_the_cpu_and_only_for_large_enough_sub_batches():
+    assert auto_streams(16, 256, "cpu") == 4  # the nanogpt_bench shapes: 4 x 1,024 tokens
+    assert auto_streams(16, 128, "cpu") == 2  # make train's default: 2 x 1,024 tokens
+    assert auto_streams(8, 128, "cpu") == 1  # a cpu_sweep member: 1,024 tokens in all
+    assert auto_streams(6, 512, "cpu") == 2  # 4 does not divide 6 rows
+    assert auto_streams(512, 1024, "gpu") == 1 and auto_streams(512, 1024, "tpu") == 1
+    for rows, seq in ((16, 256), (16, 128), (6, 512), (64, 64)):
+        streams = auto_streams(rows, seq, "cpu")
+        assert rows % streams == 0 and (streams == 1 or rows // streams * seq >= STREAM_MIN_TOKENS)
+
+
+def test_a_run_records_the_streams_it_used(tmp_path, corpus_dir):
+    results = train_in_process(tmp_path / "run", tiny_overrides(corpus_dir, tmp_path / "data", "train.streams=2",
+                                                                "train.steps=4", "train.eval_every=4"))  # fmt: skip
+    assert results["status"] == "completed" and results["streams"] == 2
+    assert results["config"]["train"]["streams"] == 2
