@@ -147,7 +147,7 @@ def bench_case(
     mesh = sharding.make_mesh(mesh_cfg)
     rules = sharding.make_rules(mesh_cfg.rules)
     shards = sharding.data_shards(mesh, rules)
-    streams = streams or auto_streams(batch // (shards * microbatches), seq_len, jax.default_backend())
+    streams = streams or auto_streams(batch // (shards * microbatches), seq_len, jax.default_backend(), m.compute_dtype)
     if batch % (shards * microbatches * streams):
         raise SystemExit(
             f"error: --batch {batch} is not divisible by the {shards} data shards x {microbatches} microbatches"

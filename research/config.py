@@ -87,8 +87,8 @@ class TrainConfig:
     batch_size: int = 16  # global batch, in sequences
     seq_len: int | None = None  # training window; default: the model's context
     microbatches: int = 1  # gradient accumulation inside the jitted step
-    # independent sub-batches per (micro)batch, for the CPU's two threads; null: automatic (4 or 2 on the
-    # CPU when each keeps >= 1024 tokens per device, else 1: research/train/step.py auto_streams)
+    # independent sub-batches per (micro)batch, for the CPU's two threads; null: automatic (4 or 2 on the CPU
+    # with bf16 compute when each keeps >= 1024 tokens per device, else 1: research/train/step.py auto_streams)
     streams: int | None = None
     # Budget: exactly one of these three.
     steps: int | None = None

@@ -41,14 +41,16 @@ def test_streams_make_the_full_batch_update():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_auto_streams_only_on_the_cpu_and_only_for_large_enough_sub_batches():
-    assert auto_streams(16, 256, "cpu") == 4  # the nanogpt_bench shapes: 4 x 1,024 tokens
-    assert auto_streams(16, 128, "cpu") == 2  # make train's default: 2 x 1,024 tokens
-    assert auto_streams(8, 128, "cpu") == 1  # a cpu_sweep member: 1,024 tokens in all
-    assert auto_streams(6, 512, "cpu") == 2  # 4 does not divide 6 rows
-    assert auto_streams(512, 1024, "gpu") == 1 and auto_streams(512, 1024, "tpu") == 1
+def test_auto_streams_only_for_bf16_on_the_cpu_and_large_enough_sub_batches():
+    bf16 = "bfloat16"
+    assert auto_streams(16, 256, "cpu", bf16) == 4  # the nanogpt_bench shapes: 4 x 1,024 tokens
+    assert auto_streams(16, 128, "cpu", bf16) == 2
+    assert auto_streams(8, 128, "cpu", bf16) == 1  # 1,024 tokens in all
+    assert auto_streams(6, 512, "cpu", bf16) == 2  # 4 does not divide 6 rows
+    assert auto_streams(16, 256, "cpu", "float32") == 1  # measured slower in float32
+    assert auto_streams(512, 1024, "gpu", bf16) == 1 and auto_streams(512, 1024, "tpu", bf16) == 1
     for rows, seq in ((16, 256), (16, 128), (6, 512), (64, 64)):
-        streams = auto_streams(rows, seq, "cpu")
+        streams = auto_streams(rows, seq, "cpu", bf16)
         assert rows % streams == 0 and (streams == 1 or rows // streams * seq >= STREAM_MIN_TOKENS)
 
 

@@ -97,7 +97,9 @@ def build(cfg: Config, poison: bool = False) -> Programs:
     graphdef = graphdef_of(cfg.model)
     batch_sh = sharding.batch_sharding(mesh, rules)
     rows_per_device = tc.batch_size // (sharding.data_shards(mesh, rules) * tc.microbatches)
-    streams = tc.streams or auto_streams(rows_per_device, train_seq_len(cfg), jax.default_backend())
+    streams = tc.streams or auto_streams(
+        rows_per_device, train_seq_len(cfg), jax.default_backend(), cfg.model.compute_dtype
+    )
     with sharding.activate(mesh, rules):  # the steps keep this context for their traces
         train_step = make_train_step(
             graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison,

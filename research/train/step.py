@@ -24,19 +24,21 @@ def token_losses(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT1: jax.Arra
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), tokens_BT1[:, 1:])
 
 
-# Streams (CPU): each (micro)batch is split into independent sub-batches whose forward and backward
-# passes are separate, unrolled subgraphs. XLA's CPU runtime then has two independent ops to run on its
-# two threads where one chain of small ops would leave a core waiting (nanogpt_bench_s: 0.92x the step
-# time with 4 streams, docs/performance.md). The update is the full batch's: the mean of equal-sized
-# sub-batch means. Accelerators gain nothing from smaller kernels: one stream there.
+# Streams (CPU, bf16 compute): each (micro)batch is split into independent sub-batches whose forward and
+# backward passes are separate, unrolled subgraphs. XLA's CPU runtime then has independent ops to run on its
+# two threads where one chain of small ops would leave a core waiting: nanogpt_bench_s 0.92x, _m 0.95x the
+# step time with 4 streams. In float32, where the slower matmuls already fill both cores, the same split made
+# those two steps 1.1x-1.25x slower (docs/performance.md), so automatic streams are for bf16 only. The update
+# is the full batch's: the mean of equal-sized sub-batch means. Accelerators gain nothing from smaller
+# kernels: one stream there.
 STREAM_MIN_TOKENS = 1024  # per stream and device; below it the extra compile time buys nothing measurable
 AUTO_STREAMS = (4, 2)  # tried in this order
 
 
-def auto_streams(rows_per_device: int, seq_len: int, backend: str) -> int:
-    """Streams for train.streams=null: on the CPU the most of 4, 2 that split the rows each device holds
-    (per microbatch) evenly into sub-batches of at least STREAM_MIN_TOKENS tokens; 1 elsewhere."""
-    if backend != "cpu":
+def auto_streams(rows_per_device: int, seq_len: int, backend: str, compute_dtype: str) -> int:
+    """Streams for train.streams=null: on the CPU with bf16 compute, the most of 4, 2 that split the rows each
+    device holds (per microbatch) evenly into sub-batches of at least STREAM_MIN_TOKENS tokens; else 1."""
+    if backend != "cpu" or jnp.dtype(compute_dtype) != jnp.bfloat16:
         return 1
     for streams in AUTO_STREAMS:
         if rows_per_device % streams == 0 and rows_per_device // streams * seq_len >= STREAM_MIN_TOKENS:
