@@ -138,7 +138,7 @@ def bench_case(
     from research.config import OptimConfig, d_head
     from research.train.optimizer import build_optimizer, lr_schedule
     from research.train.state import graphdef_of, init_state
-    from research.train.step import auto_streams, make_train_step
+    from research.train.step import make_train_step, resolve_streams
 
     m = load_group("model", model_name, sets)
     if seq_len > m.seq_len:
@@ -147,7 +147,7 @@ def bench_case(
     mesh = sharding.make_mesh(mesh_cfg)
     rules = sharding.make_rules(mesh_cfg.rules)
     shards = sharding.data_shards(mesh, rules)
-    streams = streams or auto_streams(batch // (shards * microbatches), seq_len, jax.default_backend(), m.compute_dtype)
+    streams = resolve_streams(streams, batch // (shards * microbatches), seq_len, m.compute_dtype)
     if batch % (shards * microbatches * streams):
         raise SystemExit(
             f"error: --batch {batch} is not divisible by the {shards} data shards x {microbatches} microbatches"

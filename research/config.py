@@ -389,10 +389,7 @@ def _validate_batch_shards(cfg: Config, n_devices: int) -> None:
     from research import sharding  # imports this module
 
     sizes = sharding.mesh_shape(cfg.mesh, n_devices)
-    axes = sharding.logical_to_spec(("batch",), sharding.make_rules(cfg.mesh.rules))[0]
-    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
-    shards = math.prod(sizes[a] for a in axes_t)
-    check_batch_split(cfg.train, shards)
+    check_batch_split(cfg.train, sharding.logical_shards(sizes, sharding.make_rules(cfg.mesh.rules), "batch"))
 
 
 def check_batch_split(t: TrainConfig, shards: int) -> None:

@@ -229,7 +229,7 @@ def memory_estimate(
                  probabilities; remat=dots_saveable keeps only matmul outputs, remat=full only each
                  block's input, both plus one layer recomputed; then the logits (float32) twice.
     """
-    from research.sharding import make_rules
+    from research.sharding import logical_shards, make_rules
 
     seq_len = m.seq_len if seq_len is None else seq_len
     mesh_shape = dict(mesh_shape or {"data": 1, "fsdp": 1, "tensor": 1})
@@ -277,7 +277,7 @@ def memory_estimate(
     return {
         "weights_bf16_bytes": 2 * total,  # the rule of thumb: 2 bytes x every parameter, unsharded
         "params_per_device": local,
-        "batch_per_device": math.ceil(b / _batch_shards(mesh_shape, rules)),  # sequences per microbatch
+        "batch_per_device": math.ceil(b / logical_shards(mesh_shape, rules, "batch")),  # sequences per microbatch
         "weights_bytes": weights,
         "compute_weights_bytes": compute,
         "compute_gathered_layer_bytes": cb * gathered,  # the FSDP part of compute_weights_bytes
@@ -297,9 +297,3 @@ def memory_estimate(
     }
 
 
-def _batch_shards(mesh_shape: dict[str, int], rules: dict[str, Any]) -> int:
-    from research.sharding import logical_to_spec
-
-    axes = logical_to_spec(("batch",), rules)[0]
-    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
-    return math.prod(mesh_shape.get(a, 1) for a in axes_t)

@@ -144,11 +144,9 @@ def make_plan(cfg: Config) -> dict[str, Any]:
         m, batch_size=t.batch_size, seq_len=seq_len, mesh_shape=sizes, rules=dict(cfg.mesh.rules),
         microbatches=t.microbatches,
     )  # fmt: skip
-    from research.sharding import logical_to_spec, make_rules
+    from research.sharding import logical_shards, make_rules
 
-    batch_axes = logical_to_spec(("batch",), make_rules(dict(cfg.mesh.rules)))[0]
-    batch_axes_t = batch_axes if isinstance(batch_axes, tuple) else ((batch_axes,) if batch_axes else ())
-    batch_shards = math.prod(sizes[a] for a in batch_axes_t)
+    batch_shards = logical_shards(sizes, make_rules(dict(cfg.mesh.rules)), "batch")
     notes = []
     if t.batch_size % (batch_shards * t.microbatches):
         notes.append(

@@ -163,20 +163,21 @@ def batch_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> NamedS
     return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules))
 
 
+def logical_shards(sizes: Mapping[str, int], rules: Mapping[str, Any] | None, name: str) -> int:
+    """How many ways mesh axes of these sizes split the logical axis `name` under `rules`."""
+    axes = logical_to_spec((name,), rules)[0]
+    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+    return math.prod(sizes.get(a, 1) for a in axes_t)
+
+
 def data_shards(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
-    return _shards(mesh, rules, "batch")
+    return logical_shards(mesh.shape, rules, "batch")
 
 
 def shards_of(name: str) -> int:
     """How many ways the active mesh splits the logical axis `name` (1 outside `activate`)."""
     mesh, rules = _active.get()
-    return 1 if mesh is None else _shards(mesh, rules, name)
-
-
-def _shards(mesh: Mesh, rules: Mapping[str, Any] | None, name: str) -> int:
-    axes = logical_to_spec((name,), rules)[0]
-    axes_t = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
-    return math.prod(mesh.shape[a] for a in axes_t)
+    return 1 if mesh is None else logical_shards(mesh.shape, rules, name)
 
 
 def describe(mesh: Mesh) -> str:

@@ -27,7 +27,7 @@ from research.config import Config, total_steps, train_seq_len, warmup_steps
 from research.train.guards import GuardConfig
 from research.train.optimizer import build_optimizer, lr_schedule
 from research.train.state import TrainState, _init_fn, graphdef_of, state_shardings
-from research.train.step import auto_streams, make_eval_step, make_train_step
+from research.train.step import make_eval_step, make_train_step, resolve_streams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,9 +97,7 @@ def build(cfg: Config, poison: bool = False) -> Programs:
     graphdef = graphdef_of(cfg.model)
     batch_sh = sharding.batch_sharding(mesh, rules)
     rows_per_device = tc.batch_size // (sharding.data_shards(mesh, rules) * tc.microbatches)
-    streams = tc.streams or auto_streams(
-        rows_per_device, train_seq_len(cfg), jax.default_backend(), cfg.model.compute_dtype
-    )
+    streams = resolve_streams(tc.streams, rows_per_device, train_seq_len(cfg), cfg.model.compute_dtype)
     with sharding.activate(mesh, rules):  # the steps keep this context for their traces
         train_step = make_train_step(
             graphdef, tx, schedule, shardings, batch_sh, tc.microbatches, GuardConfig.from_train(tc), poison,

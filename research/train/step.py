@@ -46,6 +46,11 @@ def auto_streams(rows_per_device: int, seq_len: int, backend: str, compute_dtype
     return 1
 
 
+def resolve_streams(requested: int | None, rows_per_device: int, seq_len: int, compute_dtype: str) -> int:
+    """train.streams as set, or auto_streams for this backend when it is null."""
+    return requested or auto_streams(rows_per_device, seq_len, jax.default_backend(), compute_dtype)
+
+
 def _strided_split(tokens_BT1: jax.Array, parts: int) -> jax.Array:
     """[parts, B / parts, T + 1]: part i takes rows i, i + parts, ... so that every device keeps its own rows
     in every part (a contiguous split would put each part on a few devices and all-gather it)."""
