@@ -6,7 +6,7 @@ each block of `block` queries meets only the keys up to its last row (and, with 
 before its band): 5/8 of the full work at T = 4 blocks. Scores and softmax are float32; matmul inputs
 are in the dtype of q, k, v with float32 accumulation. The backward pass either reuses the forward's
 probabilities (saved in the input dtype, 5/8 of a T x T matrix per sequence and head: the default up to
-SAVE_PROBS_MAX_LEN, a third less attention time) or, for longer sequences, recomputes them from the saved
+SAVE_PROBS_MAX_LEN, about a fifth less attention time) or, for longer sequences, recomputes them from the saved
 log-sum-exp as FlashAttention does (memory linear in T). Equal to jax.nn.dot_product_attention(
 is_causal=True) in value and gradient (tests/test_runtime.py). Measured in docs/performance.md.
 """
