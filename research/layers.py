@@ -18,6 +18,7 @@ from flax import nnx
 
 from research.attention import blocked_causal_attention
 from research.config import ModelConfig, d_ff, d_head
+from research.fusion import materialize_cotangent
 from research.matmul import dense
 from research.sharding import constrain, resolve_attention_impl
 
@@ -167,10 +168,15 @@ class Block(nnx.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln)
         self.mlp = MLP(cfg, residual_std=std, rngs=rngs)
         self.post_norm = cfg.norm == "post"
+        # XLA's CPU fusion would otherwise recompute the residual gradient from the top of the model in
+        # every consumer (research/fusion.py); GPUs fuse it fine.
+        self.materialize_gradient = jax.default_backend() == "cpu"
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         """x_BTD is the float32 residual stream; returns the same."""
         x_BTD = constrain(x_BTD, BTD)
+        if self.materialize_gradient:
+            x_BTD = materialize_cotangent(x_BTD)
         if self.post_norm:  # GPT-1: x = LN(x + attn(x)); x = LN(x + mlp(x))
             x_BTD = self.ln1(x_BTD + self.attn(x_BTD).astype(jnp.float32)).astype(jnp.float32)
             x_BTD = self.ln2(x_BTD + self.mlp(x_BTD).astype(jnp.float32)).astype(jnp.float32)
