@@ -169,7 +169,7 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, residual_std=std, rngs=rngs)
         self.post_norm = cfg.norm == "post"
         # XLA's CPU fusion would otherwise recompute the residual gradient from the top of the model in
-        # every consumer (research/fusion.py); GPUs fuse it fine.
+        # every consumer (research/fusion.py); measured on the CPU only, so GPUs keep their own fusion.
         self.materialize_gradient = jax.default_backend() == "cpu"
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:

@@ -47,6 +47,6 @@ def _largest_fusion(n_layer: int, materialize: bool, dtype: str) -> int:
 def test_largest_backward_fusion_does_not_grow_with_depth(dtype):
     assert tiny().norm == "pre"
     shallow, deep = _largest_fusion(2, True, dtype), _largest_fusion(6, True, dtype)
-    # Without the division XLA 0.10 fuses the whole gradient chain: 47 operands at 2 layers, 158 at 8.
+    # Without the division jaxlib 0.10 fuses the whole gradient chain: 47 operands at 2 layers, 158 at 8.
     assert deep == shallow, (shallow, deep)
     assert _largest_fusion(6, False, dtype) >= deep  # the switch is what the test measures
