@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 # with jaxlib 0.10.2 the oneDNN dot fusion (--xla_cpu_use_onednn=true
 # --xla_cpu_experimental_onednn_fusion_type=dot) measured the same as the default matmul path and aborts
 # the process (SIGILL, "partition compile failed") on any jit with two chained matmuls, e.g. our eval step
-# at seq_len 64; --xla_cpu_prefer_vector_width=512 measured the same too. An unknown flag aborts every
+# at seq_len 64; --xla_cpu_prefer_vector_width=512, the schedulers and fast min/max measured the same too,
+# the YNNPACK fusions (--xla_cpu_experimental_ynn_fusion_type) 1.6x slower. An unknown flag aborts every
 # process at start-up, another reason to add one only with a jaxlib that has it.
 DEFAULT_XLA_CPU_FLAGS: tuple[str, ...] = ()
 
