@@ -62,7 +62,7 @@ bench: setup
 
 # The wheels a bare GPU image (Python 3.12, JAX, no Hydra/grain) needs for `bash experiments/bench_device.sh`,
 # pinned to this venv's versions, into .whl/ (git-ignored; carry it to the device).
-BENCH_WHEELS := flax hydra-core omegaconf grain array-record portpicker
+BENCH_WHEELS := flax hydra-core omegaconf grain array-record portpicker cloudpickle
 bench-wheels: setup
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
