@@ -55,7 +55,8 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     # One GPU: GPT-2 small at its full context, bf16 matmuls, cuDNN flash attention, vocab padded to 128.
     "gpu": [
         dict(model="gpt2_small", batch=32, seq_len=1024, steps=20, warmup=3,
-             sets=["model.compute_dtype=bfloat16", "model.attention_impl=cudnn", "model.vocab_pad_multiple=128"]),
+             sets=["model.compute_dtype=bfloat16", "model.attention_impl=cudnn", "model.vocab_pad_multiple=128"],
+             cached_compile=True),
     ],
 }  # fmt: skip
 
@@ -129,7 +130,7 @@ def load_group(group: str, name: str, sets: list[str]) -> Any:
 
 def bench_case(
     model_name: str, mesh_name: str, batch: int, seq_len: int, steps: int, warmup: int, sets: list[str],
-    microbatches: int = 1, loader: bool = True, streams: int | None = None,
+    microbatches: int = 1, loader: bool = True, streams: int | None = None, cached_compile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     import jax
     import numpy as np
@@ -176,6 +177,7 @@ def bench_case(
     t0 = time.perf_counter()
     compiled = step.lower(state, tokens[0]).compile()  # traces in the mesh context the step was made in
     compile_s = time.perf_counter() - t0
+    cached_s = cached_compile_time(step, state, tokens[0]) if cached_compile else None
 
     for i in range(warmup):
         state, metrics = compiled(state, tokens[i % 2])
@@ -200,7 +202,7 @@ def bench_case(
         "scan_layers": m.scan_layers, "params": flops.param_counts(m)["params"],
         "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "d_head": d_head(m),
         "device": kind, "platform": jax.devices()[0].platform, "n_devices": jax.device_count(),
-        "init_s": init_s, "compile_s": compile_s, "step_s": step_s, "step_s_min": float(min(times)),
+        "init_s": init_s, "compile_s": compile_s, "compile_cached_s": cached_s, "step_s": step_s, "step_s_min": float(min(times)),
         "steps_timed": steps, "tokens_per_s": tps, "loss": loss, "peak_flops": peak,
     }  # fmt: skip
     for conv, key in (("model", "flops_per_token"), ("6n", "flops_per_token_6n")):
@@ -211,6 +213,45 @@ def bench_case(
     if loader:
         out.update(loader_throughput(batch, seq_len))
     return out
+
+
+def cached_compile_time(step: Any, *args: Any) -> float:
+    """Seconds to trace, lower and compile `step` again from JAX's persistent compilation cache (a re-run of
+    the same job): the entry is written to a fresh folder, every in-memory cache cleared, the compile timed.
+    Raises if the second compile did not hit the cache, so a miss is never reported as a cached time."""
+    import tempfile
+
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    hits: list[str] = []
+
+    def on_event(event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    with tempfile.TemporaryDirectory(prefix="bench-jax-cache-") as cache_dir:
+        for name, value in zip(names, (True, cache_dir, 0.0), strict=True):
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+        jax.monitoring.register_event_listener(on_event)
+        try:
+            jax.clear_caches()  # else the cold compile's in-memory executable answers and nothing is written
+            step.lower(*args).compile()  # writes the entry
+            jax.clear_caches()
+            t0 = time.perf_counter()
+            step.lower(*args).compile()
+            seconds = time.perf_counter() - t0
+        finally:
+            jax.monitoring.unregister_event_listener(on_event)
+            for name, value in saved.items():
+                jax.config.update(name, value)
+            compilation_cache.reset_cache()
+    if not hits:
+        raise RuntimeError("the re-compile missed JAX's persistent compilation cache; no cached time to report.")
+    return seconds
 
 
 def loader_throughput(batch: int, seq_len: int, seconds: float = 1.0) -> dict[str, Any]:
@@ -261,7 +302,8 @@ def report(r: dict[str, Any]) -> str:
         f"   precision   params {r['param_dtype']}, compute {r['compute_dtype']}; attention {r['attention_impl']}"
         + (f" (asked for {r['attention_requested']})" if r["attention_requested"] != r["attention_impl"] else "")
         + f"; remat {r['remat']}, scan_layers {r['scan_layers']}",
-        f"   compile     {r['compile_s']:.2f} s   (init {r['init_s']:.2f} s)",
+        f"   compile     {r['compile_s']:.2f} s   (init {r['init_s']:.2f} s)"
+        + ("" if r.get("compile_cached_s") is None else f"; from the persistent cache {r['compile_cached_s']:.2f} s"),
         f"   step        {1000 * r['step_s']:.2f} ms median of {r['steps_timed']} (min {1000 * r['step_s_min']:.2f} ms)",
         f"   tokens/s    {r['tokens_per_s']:,.0f}",
         f"   TFLOP/s     {r['tflops_model']:.4g} (model: 6N_all + attention, {_fmt_flops(r['flops_per_token_model'])}"
@@ -327,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-torch", action="store_true", help="skip running the PyTorch reference next to the nanogpt_bench cases"
     )
+    p.add_argument(
+        "--cached-compile",
+        action="store_true",
+        help="also time a re-compile from JAX's persistent cache (a re-run of the job); on in the gpu preset",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument(
         "--compile-cache",
@@ -365,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_case(
             c["model"], c["mesh"], c["batch"], seq_len, c["steps"], c["warmup"], c.get("sets", []) + args.sets,
             microbatches=c["microbatches"], loader=not args.no_loader, streams=args.streams,
+            cached_compile=args.cached_compile or c.get("cached_compile", False),
         )  # fmt: skip
         if jax.default_backend() == "cpu" and c["batch"] == 16 and seq_len == 256 and not args.no_torch:
             r["pytorch_now"] = pytorch_now(c["model"], steps=10 if c["model"].endswith("_s") else 5)

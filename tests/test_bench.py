@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import pytest
 
 from experiments import bench
@@ -14,8 +15,10 @@ def test_bench_prints_every_figure(tmp_path, capsys):
     # --compile-cache: leave this pytest process's JAX settings alone
     args = ["--model", "nano_xs", "--batch", "4", "--seq-len", "32", "--steps", "2", "--warmup", "1",
             "--set", "model.vocab_size=384", "--set", "model.attention_impl=cudnn", "--json", str(out),
-            "--compile-cache"]  # fmt: skip
+            "--compile-cache", "--cached-compile"]  # fmt: skip
+    cache_settings = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
     assert bench.main(args) == 0
+    assert (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir) == cache_settings
     printed = capsys.readouterr().out
     for label in ("compile", "step", "tokens/s", "TFLOP/s", "MFU", "loader", "device"):
         assert f"   {label}" in printed, label
@@ -26,6 +29,8 @@ def test_bench_prints_every_figure(tmp_path, capsys):
     assert r["compile_s"] > 0 and r["step_s"] > 0 and r["tokens_per_s"] == pytest.approx(4 * 32 / r["step_s"])
     assert r["tflops_model"] > r["tflops_6n"] > 0 and 0 < r["mfu_6n"] < r["mfu_model"]
     assert r["loader_tokens_per_s"] > 0
+    # the re-compile hit the persistent cache (bench raises on a miss) and is printed next to the cold one
+    assert r["compile_cached_s"] > 0 and "; from the persistent cache " in printed
 
 
 def test_bench_rejects_unknown_names():
