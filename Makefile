@@ -56,7 +56,8 @@ plan: setup
 
 # Times the jitted train step after warm-up: compile time, step time, tokens/s, TFLOP/s and MFU in both
 # FLOP conventions, the data loader's tokens/s beside it. The CPU set here (nano_xl, nanogpt_bench_s/m);
-# gpt2_small 32x1024 (bf16, cuDNN attention; also the compile from the persistent cache) on a GPU. ARGS: e.g. --model nano_m --mesh fsdp --batch 32.
+# gpt2_small 32x1024 (bf16, cuDNN attention; also the compile from the persistent cache) on a GPU.
+# ARGS: e.g. --model nano_m --mesh fsdp --batch 32.
 bench: setup
 	$(RUNTIME) $(PY) experiments/bench.py $(ARGS)
 
