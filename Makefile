@@ -12,8 +12,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 # CPU runtime for train, sweep and bench: tcmalloc via LD_PRELOAD when installed (else one line says how to
-# install it) and the XLA CPU flags of research/runtime.py; it prints what it applied. RUNTIME= runs bare.
-RUNTIME ?= $(PY) -m research.runtime --
+# install it) and the XLA CPU flags of research/cpu/runtime.py; it prints what it applied. RUNTIME= runs bare.
+RUNTIME ?= $(PY) -m research.cpu.runtime --
 
 # Persistent XLA compilation cache shared by runs, sweeps and tests.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[dev]"
-	-@$(PY) -m research.runtime --install-tcmalloc
+	-@$(PY) -m research.cpu.runtime --install-tcmalloc
 	touch $(STAMP)
 
 data: setup

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from research.config import ConfigError  # noqa: E402
+from research.errors import ConfigError  # noqa: E402
+from research.inference.export import export_run  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> dict[str, str | None]:
@@ -33,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         step = None if args["step"] in (None, "", "null") else int(str(args["step"]))
-        from research.export import export_run
-
         out = export_run(str(args["run"]), str(args["out"]), step)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,7 +21,10 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from research.config import ConfigError, register_configs, to_config, validate  # noqa: E402
+from research.config.hydra import register_configs, to_config  # noqa: E402
+from research.config.validate import validate  # noqa: E402
+from research.errors import ConfigError  # noqa: E402
+from research.planner import make_plan, render_text  # noqa: E402
 
 # A planner writes nothing: no run directory, no .hydra/ snapshot, no log file.
 _QUIET = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none")
@@ -29,8 +32,6 @@ _QUIET = ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from research.planner import make_plan, render_text
-
     try:
         config = to_config(cfg)
         validate(config)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from research.config import ConfigError  # noqa: E402
+from research.errors import ConfigError  # noqa: E402
+from research.inference.load import load_run  # noqa: E402
+from research.inference.sampling import Generator, generate_full  # noqa: E402
 
 DEFAULTS: dict[str, object] = {
     "run": None,
@@ -67,9 +69,6 @@ def parse_args(argv: list[str]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
-        from research.inference import load_run
-        from research.sampling import Generator, generate_full
-
         run = load_run(str(args["run"]), args["step"])  # type: ignore[arg-type]
         tok = run.tokenizer()
         prompt = str(args["prompt"]).replace("\\n", "\n")  # a typed \n means a newline

@@ -30,16 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from research.config import ConfigError
+from research.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _DISK_REASONS = ("No space left", "Permission denied", "Read-only file system", "Disk quota", "File too large")
-
-
-class CheckpointError(ConfigError):
-    """Writing a checkpoint failed for a reason the user fixes (disk space, permissions)."""
 
 
 class CheckpointDamaged(RuntimeError):
@@ -51,13 +47,11 @@ class Checkpointer:
         self,
         directory: Path,
         *,
-        every_steps: int = 1,
         every_minutes: float = float("inf"),
         keep: int = 2,
         read_only: bool = False,
     ) -> None:
         self.directory = Path(directory).resolve()
-        self.every_steps = every_steps
         self.every_seconds = every_minutes * 60.0
         self.keep = keep
         self.read_only = read_only
@@ -83,9 +77,6 @@ class Checkpointer:
     # -- when ---------------------------------------------------------------------------------
     def time_due(self) -> bool:
         return time.monotonic() - self._last_save_time >= self.every_seconds
-
-    def due(self, step: int) -> bool:
-        return step % self.every_steps == 0 or self.time_due()
 
     # -- save ---------------------------------------------------------------------------------
     def save(

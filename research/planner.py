@@ -17,8 +17,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from research import flops
-from research.config import Config, ConfigError, batch_tokens, total_steps, train_seq_len
+from research import flops, memory
+from research.budget import budget
+from research.config.schema import Config
+from research.errors import ConfigError
+from research.parallel.mesh import mesh_shape
+from research.parallel.rules import logical_shards, make_rules
 
 GB = 1e9
 REMATS = ("none", "dots_saveable", "full")
@@ -26,15 +30,13 @@ REMATS = ("none", "dots_saveable", "full")
 
 def plan_devices(cfg: Config) -> tuple[int, dict[str, int]]:
     """(device count, mesh sizes): plan.devices, or the product of the mesh's fixed sizes (-1 -> 1)."""
-    from research.sharding import mesh_shape
-
-    me = cfg.mesh
-    sizes = {"data": me.data, "fsdp": me.fsdp, "tensor": me.tensor}
+    mesh = cfg.mesh
+    sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
     n = cfg.plan.devices if cfg.plan.devices is not None else math.prod(v for v in sizes.values() if v != -1)
     if n < 1:
         raise ConfigError(f"plan.devices={n} must be a positive device count, e.g. plan.devices=1024.")
     try:
-        return n, mesh_shape(me, n)
+        return n, mesh_shape(mesh, n)
     except ConfigError as e:
         raise ConfigError(f"{e} (planning for plan.devices={n}; set plan.devices to a count the mesh can fill)") from e
 
@@ -74,39 +76,44 @@ def chinchilla_fit(path: str | Path, compute: float) -> dict[str, Any]:
 
 
 def _device_memory(cfg: Config) -> int | None:
-    pc = cfg.plan
-    if pc.device_memory_gb is not None:
-        if pc.device_memory_gb <= 0:
-            raise ConfigError(f"plan.device_memory_gb={pc.device_memory_gb} must be positive, e.g. 80.")
-        return round(pc.device_memory_gb * GB)
-    if pc.device is None:
+    plan = cfg.plan
+    if plan.device_memory_gb is not None:
+        if plan.device_memory_gb <= 0:
+            raise ConfigError(f"plan.device_memory_gb={plan.device_memory_gb} must be positive, e.g. 80.")
+        return round(plan.device_memory_gb * GB)
+    if plan.device is None:
         return None
-    gb = flops.device_memory_gb(pc.device)
+    gb = memory.device_memory_gb(plan.device)
     if gb is None:
         raise ConfigError(
-            f"plan.device={pc.device!r} is not in the memory table ({', '.join(flops.DEVICE_MEMORY_GB)}); "
+            f"plan.device={plan.device!r} is not in the memory table ({', '.join(memory.DEVICE_MEMORY_GB)}); "
             "name one of those or set plan.device_memory_gb."
         )
     return round(gb * GB)
 
 
+def _estimate(cfg: Config, sizes: dict[str, int]) -> dict[str, Any]:
+    return memory.memory_estimate(
+        cfg.model,
+        batch_size=cfg.train.batch_size,
+        seq_len=budget(cfg).seq_len,
+        mesh_shape=sizes,
+        rules=dict(cfg.mesh.rules),
+        microbatches=cfg.train.microbatches,
+    )
+
+
 def _min_devices(cfg: Config, usable: float) -> dict[str, int | None] | None:
     """Per remat policy, the smallest power-of-two device count (filling the mesh's -1 axis, up to
     2^20 devices) whose plan fits in `usable` bytes; None when the mesh has no -1 axis."""
-    from research.sharding import mesh_shape
-
-    me = cfg.mesh
-    if -1 not in (me.data, me.fsdp, me.tensor):
+    mesh = cfg.mesh
+    if -1 not in (mesh.data, mesh.fsdp, mesh.tensor):
         return None
-    fixed = math.prod(v for v in (me.data, me.fsdp, me.tensor) if v != -1)
+    fixed = math.prod(v for v in (mesh.data, mesh.fsdp, mesh.tensor) if v != -1)
     found: dict[str, int | None] = dict.fromkeys(REMATS)
     for k in range(21):
         n = fixed * 2**k
-        est = flops.memory_estimate(
-            cfg.model, batch_size=cfg.train.batch_size, seq_len=train_seq_len(cfg), mesh_shape=mesh_shape(me, n),
-            rules=dict(me.rules), microbatches=cfg.train.microbatches,
-        )  # fmt: skip
-        for remat, total in est["total_bytes_by_remat"].items():
+        for remat, total in _estimate(cfg, mesh_shape(mesh, n))["total_bytes_by_remat"].items():
             if found[remat] is None and total <= usable:
                 found[remat] = n
         if all(v is not None for v in found.values()):
@@ -115,47 +122,48 @@ def _min_devices(cfg: Config, usable: float) -> dict[str, int | None] | None:
 
 
 def make_plan(cfg: Config) -> dict[str, Any]:
-    m, t, pc = cfg.model, cfg.train, cfg.plan
-    if not 0 < pc.mfu <= 1:
-        raise ConfigError(f"plan.mfu={pc.mfu} must lie in (0, 1]; 0.4 is a good large-run figure.")
-    if not 0 < pc.memory_fraction <= 1:
-        raise ConfigError(f"plan.memory_fraction={pc.memory_fraction} must lie in (0, 1]; JAX's default is 0.75.")
-    seq_len = train_seq_len(cfg)
-    out: dict[str, Any] = flops.summary(m, seq_len)
+    plan = cfg.plan
+    if not 0 < plan.mfu <= 1:
+        raise ConfigError(f"plan.mfu={plan.mfu} must lie in (0, 1]; 0.4 is a good large-run figure.")
+    if not 0 < plan.memory_fraction <= 1:
+        raise ConfigError(f"plan.memory_fraction={plan.memory_fraction} must lie in (0, 1]; JAX's default is 0.75.")
+    b = budget(cfg)
+    out: dict[str, Any] = flops.summary(cfg.model, b.seq_len)
     n_dev, sizes = plan_devices(cfg)
-
-    # budget
-    steps = total_steps(cfg, out["params_nonembed"])
-    b_tokens = batch_tokens(cfg)
-    tokens = steps * b_tokens
     out.update(
-        batch_size=t.batch_size, batch_tokens=b_tokens, steps=steps, tokens=tokens,
-        tokens_per_param=tokens / out["params"],
-        flops=6 * out["params_nonembed"] * tokens,  # as results.json: 6 N_nonembed D
-        flops_model=out["flops_per_token"] * tokens,  # 6N + 12 L H Q T per token, times D
+        batch_size=cfg.train.batch_size,
+        batch_tokens=b.batch_tokens,
+        steps=b.steps,
+        tokens=b.tokens,
+        tokens_per_param=b.tokens / out["params"],
+        flops=b.flops,  # as results.json: 6 N_nonembed D
+        flops_model=b.flops_model,  # 6N + 12 L H Q T per token, times D
         chinchilla_tokens=20 * out["params"],
         chinchilla_tokens_nonembed=20 * out["params_nonembed"],
-    )  # fmt: skip
-    if pc.fit:
-        out.update(chinchilla_fit(pc.fit, out["flops"]))
+    )
+    if plan.fit:
+        out.update(chinchilla_fit(plan.fit, out["flops"]))
+    notes: list[str] = []
+    est = _memory_figures(cfg, sizes, n_dev, out, notes)
+    _device_figures(cfg, n_dev, est, out, notes)
+    out["notes"] = notes
+    return out
 
-    # memory under the mesh
-    est = flops.memory_estimate(
-        m, batch_size=t.batch_size, seq_len=seq_len, mesh_shape=sizes, rules=dict(cfg.mesh.rules),
-        microbatches=t.microbatches,
-    )  # fmt: skip
-    from research.sharding import logical_shards, make_rules
 
+def _memory_figures(cfg: Config, sizes: dict[str, int], n_dev: int, out: dict[str, Any], notes: list[str]) -> dict:
+    """Memory per device under the mesh, into `out`; returns the estimate."""
+    train = cfg.train
+    est = _estimate(cfg, sizes)
     batch_shards = logical_shards(sizes, make_rules(dict(cfg.mesh.rules)), "batch")
-    notes = []
-    if t.batch_size % (batch_shards * t.microbatches):
+    if train.batch_size % (batch_shards * train.microbatches):
         notes.append(
-            f"train.batch_size={t.batch_size} does not split over {batch_shards} batch shards x {t.microbatches} "
-            f"microbatches (a run would refuse it); activations assume {est['batch_per_device']} sequence(s) per device"
+            f"train.batch_size={train.batch_size} does not split over {batch_shards} batch shards x "
+            f"{train.microbatches} microbatches (a run would refuse it); activations assume "
+            f"{est['batch_per_device']} sequence(s) per device"
         )
     out.update(
         devices=n_dev, mesh=sizes, batch_shards=batch_shards, batch_per_device=est["batch_per_device"],
-        microbatches=t.microbatches, remat=m.remat, attention_impl=m.attention_impl,
+        microbatches=train.microbatches, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl,
         params_per_device=est["params_per_device"], bf16_weights_bytes=est["weights_bf16_bytes"],
         mem_weights_bytes=est["weights_bytes"], mem_compute_weights_bytes=est["compute_weights_bytes"],
         mem_compute_gathered_layer_bytes=est["compute_gathered_layer_bytes"],
@@ -164,29 +172,31 @@ def make_plan(cfg: Config) -> dict[str, Any]:
         mem_activations_bytes_by_remat=est["activations_bytes_by_remat"],
         mem_total_bytes_by_remat=est["total_bytes_by_remat"], mem_dtypes=est["dtypes"],
     )  # fmt: skip
+    return est
 
-    # device: fit and wall time
-    memory = _device_memory(cfg)
-    out.update(device=pc.device, device_memory_bytes=memory, memory_fraction=pc.memory_fraction)
-    if memory is not None:
-        usable = round(pc.memory_fraction * memory)
+
+def _device_figures(cfg: Config, n_dev: int, est: dict, out: dict[str, Any], notes: list[str]) -> None:
+    """Whether the plan fits plan.device, and the wall time at plan.mfu, into `out`."""
+    plan = cfg.plan
+    device_memory = _device_memory(cfg)
+    out.update(device=plan.device, device_memory_bytes=device_memory, memory_fraction=plan.memory_fraction)
+    if device_memory is not None:
+        usable = round(plan.memory_fraction * device_memory)
         out["fits"] = est["total_bytes"] <= usable
         out["fits_by_remat"] = {k: v <= usable for k, v in est["total_bytes_by_remat"].items()}
         out["mem_headroom_bytes"] = usable - est["total_bytes"]
         out["min_devices_by_remat"] = _min_devices(cfg, usable)
     else:
         out.update(fits=None, fits_by_remat=None, mem_headroom_bytes=None, min_devices_by_remat=None)
-    peak = flops.device_peak_flops(pc.device, m.compute_dtype, 1) if pc.device else None
-    if pc.device and peak is None:
-        notes.append(f"plan.device={pc.device!r} has no peak FLOP/s in research/flops.py, so no wall time")
-    out.update(mfu_assumed=pc.mfu, device_peak_flops=peak)
+    peak = flops.device_peak_flops(plan.device, cfg.model.compute_dtype, 1) if plan.device else None
+    if plan.device and peak is None:
+        notes.append(f"plan.device={plan.device!r} has no peak FLOP/s in research/flops.py, so no wall time")
+    out.update(mfu_assumed=plan.mfu, device_peak_flops=peak)
     if peak:
-        seconds = out["flops_model"] / (n_dev * peak * pc.mfu)
+        seconds = out["flops_model"] / (n_dev * peak * plan.mfu)
         out.update(wall_seconds=seconds, device_hours=seconds * n_dev / 3600)
     else:
         out.update(wall_seconds=None, device_hours=None)
-    out["notes"] = notes
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

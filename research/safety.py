@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from research.config import ConfigError
+from research.errors import ConfigError
 
 
 def is_inside(path: Path, root: Path) -> bool:

@@ -23,16 +23,9 @@ def corpus_dir() -> Path:
 
 def compose(overrides: list[str]):
     """Compose the real Hydra config tree (conf/) with overrides, as the entry points do."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from research.config.hydra import compose as compose_config
 
-    from research.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def tiny_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
@@ -60,7 +53,7 @@ def tiny_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
 def train_in_process(run_dir: Path, overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
-    from research.config import to_config
+    from research.config.hydra import to_config
     from research.train.loop import run
 
     cfg = compose(overrides)

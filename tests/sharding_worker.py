@@ -5,8 +5,8 @@
 The XLA flag that makes 8 host devices must be set before JAX is imported, so this runs in its
 own process (the pytest process keeps its single device). It trains a tiny nano_s-shaped model
 (2 heads, d_model 32, vocab 384: every sharded dimension divides by 8 and by tensor=2) through
-the real pieces the train loop uses -- MeshConfig -> make_mesh, make_rules, init_state (born
-sharded), make_train_step (explicit in/out shardings, donated state) -- and writes, per case,
+the train loop's own programs (research/train/programs.py: the mesh, the rule table, the state born
+sharded, the train step with explicit in/out shardings and donated state) and writes, per case,
 the losses of 10 steps and every parameter's and optimizer moment's sharding check.
 """
 
@@ -33,11 +33,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from research import sharding  # noqa: E402
-from research.config import MeshConfig, ModelConfig, OptimConfig  # noqa: E402
-from research.train.optimizer import build_optimizer, lr_schedule  # noqa: E402
-from research.train.state import graphdef_of, init_state  # noqa: E402
-from research.train.step import make_train_step  # noqa: E402
+from research.config.schema import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from research.parallel.mesh import describe  # noqa: E402
+from research.train import programs  # noqa: E402
 
 STEPS = 10
 BATCH = 16
@@ -46,7 +44,7 @@ MODEL = ModelConfig(name="nano_s", n_layer=2, d_model=32, n_head=2, vocab_size=3
 OPTIM = OptimConfig(lr=1e-2, warmup_steps=2)
 
 # What the default rule table must give each parameter, written out by hand (logical names in
-# research/layers.py; batch -> (data, fsdp), embed -> fsdp, heads/mlp/vocab -> tensor).
+# research/model/layers.py; batch -> (data, fsdp), embed -> fsdp, heads/mlp/vocab -> tensor).
 EXPECTED: dict[str, tuple[Any, ...]] = {
     "wte": ("tensor", "fsdp"),  # (vocab, embed)
     "wpe": (None, "fsdp"),  # (length, embed)
@@ -113,6 +111,12 @@ def opt_moments(opt_state: Any) -> list[Any]:
     return out
 
 
+def run_config(mesh_cfg: MeshConfig, model: ModelConfig, microbatches: int = 1) -> Config:
+    """The run's config: STEPS steps of BATCH x SEQ, warmup 2 (OPTIM), the guard's defaults."""
+    train = TrainConfig(batch_size=BATCH, seq_len=SEQ, steps=STEPS, microbatches=microbatches, streams=1)
+    return Config(model=model, data=DataConfig(vocab_size=model.vocab_size), optim=OPTIM, train=train, mesh=mesh_cfg)
+
+
 def train(
     mesh_cfg: MeshConfig,
     model: ModelConfig = MODEL,
@@ -127,18 +131,16 @@ def train(
     data = batches() if data is None else data
     n = math.prod(max(v, 1) for v in (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)) if -1 not in (
         mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor) else jax.device_count()  # fmt: skip
-    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:n])
-    rules = sharding.make_rules(mesh_cfg.rules)
-    schedule = lr_schedule(OPTIM, STEPS, 2)
-    tx = build_optimizer(OPTIM, schedule)
-    state, shardings = init_state(model, tx, 0, mesh, rules)
+    p = programs.build(run_config(mesh_cfg, model, microbatches), devices=jax.devices()[:n])
+    mesh, shardings = p.mesh, p.shardings
+    state = p.init_state(0)
     # (a copy: a host view of a CPU buffer would pin it, and the step could not donate it)
     init_params = jax.device_get(jax.tree.map(jnp.copy, nnx.to_pure_dict(state.params)))
     if params_from is not None:  # the plain model's weights, stacked for scan_layers
         params = state.params
         nnx.replace_by_pure_dict(params, params_from)
         state = state.replace(params=jax.device_put(params, shardings.params))
-    out: dict[str, Any] = {"mesh": sharding.describe(mesh)}
+    out: dict[str, Any] = {"mesh": describe(mesh)}
     if check:
         scanned = model.scan_layers
         expected = {**EXPECTED}
@@ -150,11 +152,9 @@ def train(
         out["other_replicated"] = all(
             x.sharding.is_fully_replicated for x in jax.tree.leaves((state.step, state.rng, state.guard))
         )
-    batch_sh = sharding.batch_sharding(mesh, rules)
+    batch_sh = p.batch_sharding
     out["batch_spec"] = str(batch_sh.spec)
-    graphdef = graphdef_of(model)  # outside the mesh context, as the loop does
-    with sharding.activate(mesh, rules):  # the step keeps this context for its trace at the first call below
-        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches)
+    step = p.train_step  # made in the mesh context; traced at its first call below, outside it
     losses = []
     for i in range(len(data)):
         old_leaves = jax.tree.leaves(state)
@@ -220,9 +220,8 @@ def main(out_path: str) -> None:
 
     # A rule-table override from config (mesh.rules): MLP and heads replicated, vocab over fsdp.
     over = MeshConfig(name="fsdp_tp", fsdp=-1, tensor=2, rules={"mlp": None, "heads": None, "vocab": "fsdp"})
-    mesh = sharding.make_mesh(over)
-    tx = build_optimizer(OPTIM, lr_schedule(OPTIM, STEPS, 2))
-    state, _ = init_state(MODEL, tx, 0, mesh, sharding.make_rules(over.rules))
+    p = programs.build(run_config(over, MODEL))
+    mesh, state = p.mesh, p.init_state(0)
     expected = {
         **EXPECTED,
         "wte": ("fsdp", None),  # vocab -> fsdp takes the axis; embed (also fsdp) is left replicated

@@ -11,8 +11,11 @@ import sys
 import pytest
 from conftest import ROOT, compose, tiny_overrides, train_in_process
 
-from research.config import ConfigError, to_config, validate
-from research.train import preflight
+from research.config.cli import check_cli
+from research.config.hydra import to_config
+from research.config.validate import validate
+from research.errors import ConfigError
+from research.train import records
 
 
 @pytest.fixture()
@@ -140,9 +143,9 @@ def test_config_differences_ignore_harmless_settings():
     old = {"train": {"progress": True, "log_every": 10, "nan_policy": "skip", "batch_size": 8}, "model": {"n_layer": 2}}
     new = {"train": {"progress": False, "log_every": 5, "nan_policy": "rollback", "batch_size": 8}, "model": {"n_layer": 2},
            "extra": 1}  # fmt: skip
-    assert preflight.config_differences(old, new) == []
+    assert records.config_differences(old, new) == []
     new["model"]["n_layer"] = 3
-    assert preflight.config_differences(old, new) == ["model.n_layer: 2 -> 3"]
+    assert records.config_differences(old, new) == ["model.n_layer: 2 -> 3"]
 
 
 def test_checkpoints_link_leading_outside_the_run_directory(tmp_path, corpus_dir, no_compile):
@@ -169,7 +172,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize(("argv", "expected"), CLI_CASES, ids=[c[0][-1] for c in CLI_CASES])
 def test_command_line_names_are_checked_before_hydra(argv, expected):
-    message = preflight.check_cli(argv, ROOT / "conf")
+    message = check_cli(argv, ROOT / "conf")
     assert message is not None and expected in message
     one_sentence(message)
 
@@ -177,7 +180,7 @@ def test_command_line_names_are_checked_before_hydra(argv, expected):
 def test_command_line_accepts_good_names():
     good = ["model=nano_xs", "-m", "model=nano_xs,nano_s", "train.steps=3", "+train.new_key=1", "hydra.run.dir=x",
             "optim=adamw", "mesh.rules.batch=data", "model=glob(*)", "output=json"]  # fmt: skip
-    assert preflight.check_cli(good, ROOT / "conf") is None
+    assert check_cli(good, ROOT / "conf") is None
 
 
 @pytest.mark.slow

@@ -6,17 +6,10 @@ import copy
 
 import pytest
 
-from research.config import (
-    Config,
-    ConfigError,
-    DataConfig,
-    MeshConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-    total_steps,
-    validate,
-)
+from research.config.derived import total_steps
+from research.config.schema import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from research.config.validate import validate
+from research.errors import ConfigError
 
 
 def good_config() -> Config:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.config import ConfigError, DataConfig
+from research.config.schema import DataConfig
 from research.data import (
     Dataset,
     TokenLoader,
@@ -33,6 +33,7 @@ from research.data import corpus as corpus_mod
 from research.data import tokens as tokens_mod
 from research.data.__main__ import main as cli_main
 from research.data.tokens import split_documents
+from research.errors import ConfigError
 
 WORDS = (
     "the of and to in that is was he for it with as his on be at by had not are but from or have an they which "

@@ -11,7 +11,8 @@ from flax import nnx
 from test_model import TOKENS, params_of, randomized, tiny
 from tiny_run import tiny_run
 
-from research.export import ExportError, export_model, hf_config
+from research.errors import ExportError
+from research.inference.export import export_model, hf_config
 
 HAVE_HF = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 needs_hf = pytest.mark.skipif(
@@ -87,7 +88,7 @@ def test_scanned_layout_exports_the_same(tmp_path):
     import jax
     from safetensors.numpy import load_file
 
-    from research.model import abstract_model
+    from research.model.gpt import abstract_model
 
     plain = params_of(randomized(tiny()))
     stacked = {k: v for k, v in plain.items() if k != "blocks"}
@@ -139,7 +140,7 @@ def test_logit_parity_with_transformers(tmp_path, overrides, cls):
 @pytest.mark.slow
 def test_export_cli_on_a_trained_run(tmp_path, tmp_path_factory, corpus_dir, capsys):
     from experiments.export import main
-    from research.inference import load_run
+    from research.inference.load import load_run
 
     run_dir = tiny_run(tmp_path_factory, corpus_dir)
     out = tmp_path / "hf"

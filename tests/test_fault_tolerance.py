@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, tiny_overrides, train_in_process
 
 from research.checkpoint import Checkpointer, CheckpointError
-from research.config import ConfigError
+from research.errors import BadStepsError, ConfigError
 from research.metrics import read_jsonl
 
 TIMING = {"tokens_per_second", "mfu"}  # the only values allowed to differ between two runs
@@ -156,13 +156,13 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(reference, corpus_dir)
 
 
 def test_second_signal_exits_at_once():
-    from research.train.loop import _SignalFlag
+    from research.train.signals import SignalFlag
 
     def exit_now(code):  # the real one is os._exit
         raise SystemExit(code)
 
     before = signal.getsignal(signal.SIGTERM)
-    with _SignalFlag(exit_now) as flag:
+    with SignalFlag(exit_now) as flag:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         assert flag.raised == signal.SIGINT  # first: noted, the loop saves at the next step boundary
@@ -176,8 +176,8 @@ def test_second_signal_exits_at_once():
 def test_second_signal_really_exits_now():
     script = (
         "import os, signal, time\n"
-        "from research.train.loop import _SignalFlag\n"
-        "with _SignalFlag():\n"
+        "from research.train.signals import SignalFlag\n"
+        "with SignalFlag():\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
         "print('still here')\n"
@@ -358,21 +358,13 @@ def policy_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
 def test_bad_step_leaves_parameters_and_optimizer_state_unchanged(tmp_path, corpus_dir):
     from conftest import compose
 
-    from research import sharding
-    from research.config import to_config
-    from research.train.optimizer import build_optimizer, lr_schedule
-    from research.train.state import graphdef_of, init_state
-    from research.train.step import make_train_step
+    from research.config.hydra import to_config
+    from research.train import programs
 
-    cfg = to_config(compose(policy_overrides(corpus_dir, tmp_path / "data")))
-    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.make_rules(cfg.mesh.rules)
-    schedule = lr_schedule(cfg.optim, 20, 0)  # no warmup: the first applied update moves the weights
-    tx = build_optimizer(cfg.optim, schedule)
-    state, shardings = init_state(cfg.model, tx, 0, mesh, rules)
-    batch_sh = sharding.batch_sharding(mesh, rules)
-    graphdef = graphdef_of(cfg.model)
-    with sharding.activate(mesh, rules):
-        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, poison=True)
+    # no warmup: the first applied update moves the weights; poison steps listed: the step takes a loss scale
+    overrides = policy_overrides(corpus_dir, tmp_path / "data", "optim.warmup_steps=0", "train.debug_poison_steps=[1]")
+    p = programs.build(to_config(compose(overrides)))
+    state, step, batch_sh = p.init_state(0), p.train_step, p.batch_sharding
     tokens = jax.device_put(np.arange(8 * 65, dtype=np.int32).reshape(8, 65) % 384, batch_sh)
     before = jax.device_get((state.params, state.opt_state))
     for n, scale in enumerate((np.nan, np.inf), start=1):
@@ -462,7 +454,7 @@ def test_policy_rollback_restores_the_last_checkpoint_and_skips_the_batches(tmp_
 
 def test_policy_stop_names_the_step_and_the_batch(tmp_path, corpus_dir):
     run_dir = tmp_path / "stop"
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(BadStepsError) as err:
         train_in_process(run_dir, policy_overrides(corpus_dir, tmp_path / "data", "train.nan_policy=stop",
                                                    "train.debug_poison_steps=[6,7,8]"))  # fmt: skip
     message = str(err.value)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from research.config import ModelConfig, register_configs
+from research.config.hydra import register_configs
+from research.config.schema import ModelConfig
 from research.flops import device_peak_flops, flops_per_token, mfu, param_counts
 
 ROOT = Path(__file__).resolve().parents[1]

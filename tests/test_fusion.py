@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from test_model import randomized, tiny
 
-from research.fusion import materialize_cotangent
+from research.ops.fusion import materialize_cotangent
 
 
 def test_values_and_finite_gradients_pass_through_exactly():

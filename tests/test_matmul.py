@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.matmul import dense
+from research.ops.matmul import dense
 
 # (x shape, w shape, contract, transposed, reference einsum): a plain layer, the tied head, the fused qkv
 # kernel [D, 3, N, H] and the output projection [N, H, D], with their axes kept as they are sharded.

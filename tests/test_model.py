@@ -1,4 +1,4 @@
-"""The GPT model (research/model.py): counts, logical names, a numpy reference, variants."""
+"""The GPT model (research/model/): counts, logical names, a numpy reference, variants."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import pytest
 from flax import nnx
 from test_flops import ALL_MODELS, model_config
 
-from research.config import ModelConfig
+from research.config.derived import layer_period
+from research.config.schema import ModelConfig
 from research.flops import param_counts
-from research.model import GPT, abstract_model, count_params, decay_mask, layer_period
-from research.sharding import DEFAULT_RULES, logical_to_spec
+from research.model.gpt import GPT, abstract_model
+from research.model.params import count_params, decay_mask
+from research.ops import select
+from research.parallel.rules import DEFAULT_RULES, logical_to_spec
 
 LOGICAL = set(DEFAULT_RULES) | {None}
 
@@ -32,8 +35,9 @@ def params_of(model: nnx.Module) -> dict:
 def randomized(cfg: ModelConfig, seed: int = 0) -> GPT:
     """A model with random values everywhere (biases and LayerNorm too, so the reference test sees
     them), filled from numpy into a shape-only model: no init ops to compile, which keeps the CPU
-    tests fast. Same seed and same structure -> same weights."""
-    model = abstract_model(cfg)
+    tests fast. Same seed and same structure -> same weights. The kernels are those a run on this platform
+    selects (research/ops/select.py)."""
+    model = abstract_model(cfg, kernels=select.select(cfg, jax.default_backend()))
     rng = np.random.default_rng(seed)
     state = nnx.state(model, nnx.Param)
     pure = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), x.dtype), nnx.to_pure_dict(state))
@@ -256,10 +260,12 @@ def test_bfloat16():
 
 
 def test_cudnn_off_gpu_falls_back_to_xla():
-    # cuDNN needs a GPU and bf16: elsewhere the model builds with the xla kernel (and warns once;
-    # see tests/test_sharding.py for the warning and the run's record of the path).
+    # cuDNN needs a GPU and bf16: elsewhere the kernels chosen are the xla ones (blocked on the CPU), with one
+    # warning (see tests/test_sharding.py for the warning and the run's record of the path).
     for cfg in (tiny(attention_impl="cudnn"), tiny(attention_impl="cudnn", compute_dtype="bfloat16")):
-        assert abstract_model(cfg).blocks[0].attn.impl is None
+        kernels = select.select(cfg, "cpu")
+        assert kernels.attention == "blocked" and abstract_model(cfg, kernels=kernels).blocks[0].attn.kernels == kernels
+    assert select.select(tiny(attention_impl="cudnn"), "gpu").attention == "xla"  # float32: no probe needed
 
 
 def test_too_long_input_is_an_error():
@@ -269,7 +275,7 @@ def test_too_long_input_is_an_error():
 
 def test_real_init_and_jitted_grad_nano_s():
     cfg = model_config("nano_s")
-    model = GPT(cfg, rngs=nnx.Rngs(0))  # a real init
+    model = GPT(cfg, kernels=select.select(cfg, jax.default_backend()), rngs=nnx.Rngs(0))  # a real init
     assert count_params(model) == param_counts(cfg)["params"]
     p = params_of(model)
     out_kernels = np.stack([p["blocks"][i]["mlp"]["out_kernel"] for i in range(cfg.n_layer)])

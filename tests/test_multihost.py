@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_overrides, train_in_process
 
-from research import distributed
-from research.config import ConfigError
+from research.errors import ConfigError
 from research.metrics import read_jsonl
+from research.parallel import distributed
 
 STEPS = 5
 

@@ -11,8 +11,10 @@ import sys
 import pytest
 from conftest import ROOT, compose
 
-from research.config import ConfigError, ModelConfig, to_config
-from research.flops import memory_estimate, param_shapes
+from research.config.hydra import to_config
+from research.config.schema import ModelConfig
+from research.errors import ConfigError
+from research.memory import memory_estimate, param_shapes
 from research.planner import make_plan, render_text
 
 
@@ -129,7 +131,7 @@ def test_plan_errors_are_one_sentence():
 def test_param_shapes_match_the_model(overrides):
     from flax import nnx
 
-    from research.model import abstract_model
+    from research.model.gpt import abstract_model
 
     base = dict(name="t", n_layer=2, d_model=32, n_head=4, vocab_size=61, seq_len=16)
     cfg = ModelConfig(**{**base, **overrides})

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research import attention, runtime
-from research.attention import blocked_causal_attention
+from research.cpu import runtime
+from research.ops import blocked_attention as attention
+from research.ops.blocked_attention import blocked_causal_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_launcher_execs_with_the_environment():
     env["RESEARCH_TCMALLOC"] = "0"  # the preload itself is exercised by `make bench`; keep this hermetic
     env["RESEARCH_XLA_CPU_FLAGS"] = "--xla_cpu_enable_fast_min_max=true"
     out = subprocess.run(
-        [sys.executable, "-m", "research.runtime", "--", sys.executable, "-c", code],
+        [sys.executable, "-m", "research.cpu.runtime", "--", sys.executable, "-c", code],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.split("\n")[:2] == ["--xla_cpu_enable_fast_min_max=true", "1"]

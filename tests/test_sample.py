@@ -14,7 +14,7 @@ from flax import nnx
 from test_model import randomized, tiny
 from tiny_run import tiny_run
 
-from research.sampling import Generator, filter_logits, generate_full
+from research.inference.sampling import Generator, filter_logits, generate_full
 
 TOKENS = np.random.default_rng(1).integers(0, 61, size=(2, 16))
 

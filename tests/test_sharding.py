@@ -17,8 +17,13 @@ import pytest
 from conftest import ROOT, compose, tiny_overrides, train_in_process
 from jax.sharding import PartitionSpec as P
 
-from research import sharding
-from research.config import ConfigError, MeshConfig, ModelConfig, to_config, validate
+from research.config.hydra import to_config
+from research.config.schema import MeshConfig, ModelConfig
+from research.config.validate import validate
+from research.errors import ConfigError
+from research.ops import select
+from research.parallel import rules as sharding
+from research.parallel.mesh import mesh_shape
 
 MESHES = ["dp8", "fsdp8", "fsdp4_tp2", "d2_f2_t2"]
 
@@ -91,15 +96,15 @@ def test_bf16_compute_trains_close_to_float32(worker):
 
 
 def test_mesh_fill_and_impossible_meshes():
-    assert sharding.mesh_shape(MeshConfig(data=-1), 8) == {"data": 8, "fsdp": 1, "tensor": 1}
-    assert sharding.mesh_shape(MeshConfig(fsdp=-1, tensor=2), 8) == {"data": 1, "fsdp": 4, "tensor": 2}
-    assert sharding.mesh_shape(MeshConfig(data=2, fsdp=2, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert mesh_shape(MeshConfig(data=-1), 8) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert mesh_shape(MeshConfig(fsdp=-1, tensor=2), 8) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert mesh_shape(MeshConfig(data=2, fsdp=2, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
     with pytest.raises(ConfigError, match=r"mesh data x fsdp x tensor = 6 but there are 8 devices"):
-        sharding.mesh_shape(MeshConfig(data=3, tensor=2), 8)
+        mesh_shape(MeshConfig(data=3, tensor=2), 8)
     with pytest.raises(ConfigError, match=r"cannot fill 8 devices \(8 is not divisible by 3\)"):
-        sharding.mesh_shape(MeshConfig(data=3, fsdp=-1), 8)
+        mesh_shape(MeshConfig(data=3, fsdp=-1), 8)
     with pytest.raises(ConfigError, match="only one of mesh.data, mesh.fsdp, mesh.tensor may be -1"):
-        sharding.mesh_shape(MeshConfig(data=-1, fsdp=-1), 8)
+        mesh_shape(MeshConfig(data=-1, fsdp=-1), 8)
 
 
 @pytest.mark.parametrize(
@@ -151,16 +156,16 @@ def test_rule_table_and_overrides():
 
 def test_cudnn_falls_back_loudly_once_and_records_the_path(caplog):
     cfg = ModelConfig(name="t", n_layer=1, d_model=32, n_head=2, vocab_size=64, seq_len=16, attention_impl="cudnn")
-    sharding._warned_attention.clear()
-    with caplog.at_level(logging.WARNING, logger="research.sharding"):
-        assert sharding.resolve_attention_impl(cfg) == "xla"
-        assert sharding.resolve_attention_impl(cfg) == "xla"
+    select._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="research.ops.select"):
+        assert select.attention_impl(select.select(cfg, "cpu")) == "xla"
+        assert select.attention_impl(select.select(cfg, "cpu")) == "xla"
     warnings = [r.getMessage() for r in caplog.records if "SLOW ATTENTION" in r.getMessage()]
     assert len(warnings) == 1 and "not a CUDA GPU" in warnings[0]
     # on a GPU with float32 compute the reason is the dtype (decided before anything compiles)
-    assert "compute_dtype=bfloat16" in sharding._cudnn_unavailable("gpu", "float32", 2, 16, 16, 0)
+    assert "compute_dtype=bfloat16" in select._cudnn_unavailable("gpu", "float32", 2, 16, 16, 0)
     xla = ModelConfig(name="t", n_layer=1, d_model=32, n_head=2, vocab_size=64, seq_len=16)
-    assert sharding.resolve_attention_impl(xla) == "xla"
+    assert select.attention_impl(select.select(xla, "cpu")) == "xla"
 
 
 def test_results_record_the_attention_path(tmp_path, corpus_dir):
@@ -177,7 +182,8 @@ def test_steps_trace_in_the_mesh_context_they_were_made_in(monkeypatch, tmp_path
     its first call, which used to come outside `sharding.activate` and silently dropped them (10x the
     collective bytes on fsdp 4 x tensor 2, docs/performance.md): the steps now keep the context they were
     made in, for the loop's programs and for a step made under `activate` and called outside it."""
-    from research import layers, model
+    from research.model import gpt as model
+    from research.model import layers
     from research.train import programs
 
     seen = []
@@ -190,8 +196,7 @@ def test_steps_trace_in_the_mesh_context_they_were_made_in(monkeypatch, tmp_path
     monkeypatch.setattr(model, "constrain", recording)
     cfg = to_config(compose(tiny_overrides(corpus_dir, tmp_path / "data")))
     p = programs.build(cfg)
-    p.compile_train_step(cfg.train.batch_size, cfg.train.seq_len)
-    p.compile_eval_step(cfg.train.batch_size, cfg.train.seq_len)
+    p.compile()
     assert seen and all(seen)
     assert sharding.active()[0] is None  # nothing leaked out of the traces
 

@@ -7,27 +7,20 @@ import numpy as np
 import pytest
 from conftest import tiny_overrides, train_in_process
 
-from research import sharding
-from research.config import MeshConfig, ModelConfig, OptimConfig
-from research.train.optimizer import build_optimizer, lr_schedule
-from research.train.state import graphdef_of, init_state
-from research.train.step import STREAM_MIN_TOKENS, auto_streams, make_train_step
+from research.config.schema import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from research.cpu.streams import STREAM_MIN_TOKENS, auto_streams
+from research.train import programs
 
 MODEL = ModelConfig(name="t", n_layer=2, d_model=32, n_head=2, vocab_size=64, seq_len=16)
 
 
 def _one_step(microbatches: int, streams: int):
-    mesh = sharding.make_mesh(MeshConfig())
-    rules = sharding.make_rules(MeshConfig().rules)
-    schedule = lr_schedule(OptimConfig(), 10, 1)
-    tx = build_optimizer(OptimConfig(), schedule)
-    state, shardings = init_state(MODEL, tx, 0, mesh, rules)
-    batch_sh = sharding.batch_sharding(mesh, rules)
-    graphdef = graphdef_of(MODEL)
-    with sharding.activate(mesh, rules):
-        step = make_train_step(graphdef, tx, schedule, shardings, batch_sh, microbatches, streams=streams)
+    train = TrainConfig(batch_size=8, steps=10, microbatches=microbatches, streams=streams)
+    optim = OptimConfig(warmup_steps=1)
+    p = programs.build(Config(model=MODEL, data=DataConfig(vocab_size=64), optim=optim, train=train, mesh=MeshConfig()))
+    state = p.init_state(0)
     tokens = np.random.default_rng(0).integers(0, MODEL.vocab_size, (8, MODEL.seq_len + 1), dtype=np.int32)
-    state, metrics = step(state, jax.device_put(tokens, batch_sh))
+    state, metrics = p.train_step(state, jax.device_put(tokens, p.batch_sharding))
     return float(metrics["loss"]), float(metrics["grad_norm"]), jax.tree.leaves(state.params)
 
 

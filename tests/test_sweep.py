@@ -16,8 +16,9 @@ import pytest
 from conftest import ROOT, compose, tiny_overrides
 from omegaconf import OmegaConf
 
-from research import sweep
+from research.errors import ConfigError
 from research.metrics import read_jsonl
+from research.sweep import report, resolvers, rules
 
 TRAIN = str(ROOT / "experiments" / "train.py")
 # The tiny members of the real cpu_sweep experiment: its ladder, names and per-size rules, a budget of
@@ -119,7 +120,7 @@ def test_sweep_members_record_their_hparams_for_tensorboard(ladder_sweep):
     info = metadata.parse_session_start_info_plugin_data(content)
     hp = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in info.hparams.items()}
     assert hp["model"] == "nano_7k" and hp["params_nonembed"] == 7272 and hp["tokens_per_param"] == 2
-    assert hp["lr"] == pytest.approx(sweep.lr_rule(7272, 3e-3, 1e5), rel=1e-6)
+    assert hp["lr"] == pytest.approx(rules.lr_rule(7272, 3e-3, 1e5), rel=1e-6)
     assert "val/loss" in acc.Tags()["scalars"]  # the metric the HParams table shows next to them
 
 
@@ -218,20 +219,20 @@ def test_submitit_local_launcher_runs_a_two_member_sweep(tmp_path, corpus_dir):
 
 def test_lr_batch_and_warmup_rules_give_the_documented_values():
     # lr = 3e-3 (N / 1e5)^(-1/3): 8x the parameters halve the rate
-    assert sweep.lr_rule(1e5, 3e-3, 1e5) == 3e-3
-    assert sweep.lr_rule(8e5, 3e-3, 1e5) == pytest.approx(1.5e-3)
-    assert sweep.lr_rule(1.25e4, 3e-3, 1e5) == pytest.approx(6e-3)
-    assert sweep.lr_rule(85056000, 6e-4, 85056000) == 6e-4
+    assert rules.lr_rule(1e5, 3e-3, 1e5) == 3e-3
+    assert rules.lr_rule(8e5, 3e-3, 1e5) == pytest.approx(1.5e-3)
+    assert rules.lr_rule(1.25e4, 3e-3, 1e5) == pytest.approx(6e-3)
+    assert rules.lr_rule(85056000, 6e-4, 85056000) == 6e-4
     # batch = 16 (N / 1e5)^(1/2) sequences, a power of two, clipped to [8, 32] (isoflop_cpu)
     sizes = (3312, 39520, 84912, 1e5, 4e5, 1e7)
-    assert [sweep.batch_rule(n, 16, 1e5, 0.5, 8, 32) for n in sizes] == [8, 8, 16, 16, 32, 32]
+    assert [rules.batch_rule(n, 16, 1e5, 0.5, 8, 32) for n in sizes] == [8, 8, 16, 16, 32, 32]
     # warmup = N tokens, at most 10% of the run
-    assert sweep.warmup_rule(steps=830, batch_tokens=2048, warmup_tokens=84912, max_fraction=0.1) == 42
-    assert sweep.warmup_rule(steps=50, batch_tokens=512, warmup_tokens=1e6, max_fraction=0.1) == 5
-    assert sweep.sci(3e11) == "3e11" and sweep.sci(1.5e13) == "1.5e13" and sweep.sci(20.0) == "20"
+    assert rules.warmup_rule(steps=830, batch_tokens=2048, warmup_tokens=84912, max_fraction=0.1) == 42
+    assert rules.warmup_rule(steps=50, batch_tokens=512, warmup_tokens=1e6, max_fraction=0.1) == 5
+    assert rules.sci(3e11) == "3e11" and rules.sci(1.5e13) == "1.5e13" and rules.sci(20.0) == "20"
     budget = [{"tokens_per_param": 20, "tokens": None, "steps": None}, {"tokens_per_param": None, "tokens": 2.5e6,
               "steps": None}, {"tokens_per_param": None, "tokens": None, "steps": 1000}]  # fmt: skip
-    names = [sweep.RESOLVERS["sweep.budget"](_root_=OmegaConf.create({"train": b})) for b in budget]
+    names = [resolvers.RESOLVERS["sweep.budget"](_root_=OmegaConf.create({"train": b})) for b in budget]
     assert names == ["tpp20", "D2.5e6", "S1000"]
 
 
@@ -247,7 +248,7 @@ def _members(experiment: str, settings: list[dict]) -> list[dict]:
 
 
 def _n(member: dict) -> int:
-    return sweep.params_nonembed(sweep._model_from(member["model"]))
+    return resolvers.params_nonembed(resolvers.model_from(member["model"]))
 
 
 def test_cpu_sweep_members_follow_the_rules_and_span_30x():
@@ -258,7 +259,7 @@ def test_cpu_sweep_members_follow_the_rules_and_span_30x():
     assert len(n) >= 6 and n == sorted(n) and n[-1] / n[0] >= 30
     for m, size, n_i in zip(members, sizes, n, strict=True):
         assert m["train"]["run_name"] == f"{size}-D2.5e6" and m["model"]["name"] == size
-        assert m["optim"]["lr"] == sweep.lr_rule(n_i, 3e-3, 1e5, -0.3333333)
+        assert m["optim"]["lr"] == rules.lr_rule(n_i, 3e-3, 1e5, -0.3333333)
         assert m["train"]["batch_size"] * m["train"]["eval_batches"] == 256  # one validation set for all
         steps = -(-2_500_000 // (8 * 128))  # the same D and batch for every size (Kaplan's L(N))
         assert 1 <= m["optim"]["warmup_steps"] <= 0.1 * steps
@@ -279,11 +280,11 @@ def test_isoflop_cpu_centres_five_sizes_on_each_optimum():
         members = _members("isoflop_cpu", [{"sweep.compute": c, "sweep.offset": o} for o in offsets])
         n = [_n(m) for m in members]
         assert n == sorted(set(n))  # five distinct sizes
-        n_opt = sweep.optimum_params(c, k)
+        n_opt = rules.optimum_params(c, k)
         assert n[1] < n_opt < n[3]  # centred on the expected optimum
         for m, n_i in zip(members, n, strict=True):
             assert m["train"]["tokens"] == round(c / (6 * n_i))  # D = C / (6 N)
-            assert m["train"]["run_name"] == f"{m['model']['name']}-C{sweep.sci(c)}"
+            assert m["train"]["run_name"] == f"{m['model']['name']}-C{rules.sci(c)}"
 
 
 def test_gpt3_ladder_takes_the_papers_batch_and_learning_rate():
@@ -301,7 +302,7 @@ def test_slurm_launcher_config_composes():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from research.config import register_configs
+    from research.config.hydra import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -318,7 +319,7 @@ def test_slurm_launcher_config_composes():
 
 
 def test_law_of_each_experiment_for_make_sweep():
-    assert sweep.experiment_law("cpu_sweep") == "kaplan_n"
-    assert sweep.experiment_law("isoflop_cpu") == "isoflop"
-    with pytest.raises(sweep.ConfigError, match="conf/experiment"):
-        sweep.experiment_law("no_such_experiment")
+    assert report.experiment_law("cpu_sweep") == "kaplan_n"
+    assert report.experiment_law("isoflop_cpu") == "isoflop"
+    with pytest.raises(ConfigError, match="conf/experiment"):
+        report.experiment_law("no_such_experiment")

@@ -15,10 +15,11 @@ import time
 
 from omegaconf import OmegaConf
 
-from research.config import ConfigError, DataConfig
+from research.config.schema import DataConfig
 from research.data.corpus import BUILTINS, PROJECT_ROOT
 from research.data.loader import TokenLoader
 from research.data.tokens import prepare
+from research.errors import ConfigError
 
 
 def data_config(name: str, sources: list[str] | None, vocab_size: int, **overrides) -> DataConfig:

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from research.config import ConfigError
 from research.data.text import strip_gutenberg
+from research.errors import ConfigError
 
 
 @dataclass(frozen=True)

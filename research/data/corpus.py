@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from research.config import ConfigError
 from research.data.builtin import BUILTINS, DEDUP_MIN_CHARS, DEDUPED_BUILTINS, fetch_builtin
 from research.data.text import normalize_text, split_document, strip_gutenberg
+from research.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ import threading
 import grain
 import numpy as np
 
-from research.config import ConfigError
+from research.errors import ConfigError
 
 log = logging.getLogger("research.data")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from research.config import ConfigError
+from research.errors import ConfigError
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 MAX_TRAIN_LINES = 400_000  # ~15 MB of text: trains in seconds, plenty for vocabularies <= 64k

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from research.config import ConfigError, DataConfig
+from research.config.schema import DataConfig
 from research.data import corpus as corpus_mod
 from research.data.tokenizer import MAX_TRAIN_LINES, TRAINER_SETTINGS, Tokenizer, train_tokenizer
+from research.errors import ConfigError
 
 log = logging.getLogger("research.data")
 

@@ -29,8 +29,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from research.config import ConfigError
-
 log = logging.getLogger("train")
 
 NONFINITE, SPIKE = 1, 2
@@ -121,11 +119,6 @@ def guard_metrics(g: GuardState) -> dict[str, jax.Array]:
 
 # ---------------------------------------------------------------------------------------------
 # Host side
-
-
-class BadStepsError(ConfigError):
-    """The run stopped because of bad steps (nan_policy=stop, or too many rollbacks); the message
-    names the step, its batch and the settings that change the outcome."""
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optax
 
-from research.config import OptimConfig
-from research.model import decay_mask  # by name: matrices and token embedding only
+from research.config.schema import OptimConfig
+from research.model.params import decay_mask  # by name: matrices and token embedding only
 
 
 def lr_schedule(o: OptimConfig, steps: int, warmup: int) -> optax.Schedule:

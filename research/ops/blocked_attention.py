@@ -6,9 +6,9 @@ each block of `block` queries meets only the keys up to its last row (and, with 
 before its band): 5/8 of the full work at T = 4 blocks. Scores and softmax are float32; matmul inputs
 are in the dtype of q, k, v with float32 accumulation. The backward pass either reuses the forward's
 probabilities (saved in the input dtype, 5/8 of a T x T matrix per sequence and head: the default up to
-SAVE_PROBS_MAX_LEN, about a fifth less attention time) or, for longer sequences, recomputes them from the saved
-log-sum-exp as FlashAttention does (memory linear in T). Equal to jax.nn.dot_product_attention(
-is_causal=True) in value and gradient (tests/test_runtime.py). Measured in docs/performance.md.
+SAVE_PROBS_MAX_LEN) or, for longer sequences, recomputes them from the saved log-sum-exp as FlashAttention
+does (memory linear in T). Equal to jax.nn.dot_product_attention(is_causal=True) in value and gradient
+(tests/unit/test_blocked_attention.py). What each choice was worth: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from research import sharding
-from research.matmul import einsum_f32
+from research.ops.matmul import einsum_f32
 
 F32 = jnp.float32
 NEG = float(jnp.finfo(F32).min)
 
-# Query rows per block (32/64/128/256 measured within the CPU machine's drift, docs/performance.md).
+# Query rows per block (the sizes compared: docs/performance.md).
 ATTENTION_BLOCK = 64
 # Longest sequence whose probabilities the backward pass reuses rather than recomputes. Beyond it they
 # outweigh the rest of a layer's activations (N * T * 5/8 values per token against about 18 * d_model).
@@ -162,14 +161,17 @@ def blocked_causal_attention(
     window: int = 0,
     block: int = ATTENTION_BLOCK,
     save_probs: bool | None = None,
+    *,
+    merge_heads: bool = True,
 ) -> jax.Array:
     """Causal softmax(Q K^T / sqrt(d_head)) V over [B, T, N, H] inputs (window > 0: each query sees only the
     `window` most recent keys, itself included); the result has the layout and dtype of v. save_probs:
-    whether the backward pass reuses the forward's probabilities (None: when T <= SAVE_PROBS_MAX_LEN)."""
+    whether the backward pass reuses the forward's probabilities (None: when T <= SAVE_PROBS_MAX_LEN).
+    merge_heads=False where a mesh axis splits the heads (merging a sharded minor axis would all-gather it)."""
     B, T, N, H = q_BTNH.shape
     save = T <= SAVE_PROBS_MAX_LEN if save_probs is None else bool(save_probs)
     q_BNTH, k_BNTH, v_BNTH = (jnp.swapaxes(t, 1, 2) for t in (q_BTNH, k_BTNH, v_BTNH))
-    if sharding.shards_of("heads") > 1:  # merging a sharded minor axis would all-gather it
+    if not merge_heads:
         return jnp.swapaxes(_attention(q_BNTH, k_BNTH, v_BNTH, int(window), int(block), save), 1, 2)
     # Batch and heads merged: the reshape makes the transposes real bf16 copies. Fed a bare transpose, XLA's
     # CPU compiler runs a bf16 dot in float32 (its operand upcaster rejects the transposed layout): every

@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from research.config import ConfigError
+from research.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
 from flax import nnx
+from omegaconf import OmegaConf
 
-from research.config import ConfigError, DataConfig, ModelConfig
+from research import data as data_lib
+from research.config.schema import DataConfig, ModelConfig
+from research.errors import ConfigError
+from research.model.gpt import abstract_model
+from research.ops import select
+from research.sweep.resolvers import register_resolvers
 
 
 @dataclass
@@ -34,11 +41,9 @@ class LoadedRun:
     tokenizer_path: Path | None
 
     def tokenizer(self) -> Any:
-        from research.data import load_tokenizer
-
         if self.tokenizer_path is None:
             raise ConfigError(f"no tokenizer was found for the run {self.run_dir}; prepare its data first.")
-        return load_tokenizer(self.tokenizer_path)
+        return data_lib.load_tokenizer(self.tokenizer_path)
 
 
 def run_config(run_dir: Path | str) -> dict[str, Any]:
@@ -56,14 +61,7 @@ def run_config(run_dir: Path | str) -> dict[str, Any]:
             return config
     hydra_cfg = run_dir / ".hydra" / "config.yaml"
     if hydra_cfg.is_file():
-        from omegaconf import OmegaConf
-
-        try:
-            from research.sweep import register_resolvers  # experiment files may use ${sweep.*}
-
-            register_resolvers()
-        except ImportError:
-            pass
+        register_resolvers()  # experiment files may use ${sweep.*}
         return OmegaConf.to_container(OmegaConf.load(hydra_cfg), resolve=True)  # type: ignore[return-value]
     raise ConfigError(f"run={run_dir} has neither results.json nor .hydra/config.yaml; point run= at a run directory.")
 
@@ -89,11 +87,7 @@ def checkpoint_steps(run_dir: Path | str) -> list[int]:
 
 
 def restore_params(run_dir: Path | str, model_cfg: ModelConfig, step: int | None = None) -> tuple[int, nnx.Module]:
-    """(step, model with that checkpoint's parameters), on the default device."""
-    import orbax.checkpoint as ocp
-
-    from research.model import abstract_model
-
+    """(step, model with that checkpoint's parameters), on the default device, with the kernels of its platform."""
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise ConfigError(f"run={run_dir} has no checkpoints; train it first (checkpoints land in checkpoints/).")
@@ -101,7 +95,7 @@ def restore_params(run_dir: Path | str, model_cfg: ModelConfig, step: int | None
         step = steps[-1]
     elif step not in steps:
         raise ConfigError(f"step={step} is not among the checkpoints of {run_dir} ({steps}); pick one of those.")
-    model = abstract_model(model_cfg)
+    model = abstract_model(model_cfg, kernels=select.select(model_cfg, jax.default_backend()))
     graphdef, abstract = nnx.split(model, nnx.Param)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)}
@@ -123,8 +117,6 @@ def restore_params(run_dir: Path | str, model_cfg: ModelConfig, step: int | None
 
 def tokenizer_path_of(config: dict[str, Any]) -> Path | None:
     """The SentencePiece model the run trained with (prepared again, deterministically, if it is gone)."""
-    from research import data as data_lib
-
     data = dict(config.get("data") or {})
     if not data:
         return None

@@ -1,30 +1,33 @@
 """Flax NNX GPT family (GPT-1, GPT-2, GPT-3, nano sizes): one code path, variants by config.
 
-    gpt = GPT(cfg.model, rngs=nnx.Rngs(seed))
+    gpt = GPT(cfg.model, kernels=kernels, rngs=nnx.Rngs(seed))   # kernels: research/ops/select.py
     logits_BTV = gpt(tokens_BT)            # float32, exactly vocab_size columns
 
 Config fields pick the variant: `norm` (post = GPT-1, pre = GPT-2/3), `final_norm`,
 `tied_embeddings`, `scaled_residual_init`, `attention` (dense | alternating: odd layers use a
-locally banded causal mask of `local_window` tokens, GPT-3's sparse option), `attention_impl`,
-`param_dtype` / `compute_dtype`, `remat` and `scan_layers` (stacked layers with a leading
-'layers' axis, applied with nnx.scan; outputs equal the plain loop's).
+locally banded causal mask of `local_window` tokens, GPT-3's sparse option), `param_dtype` /
+`compute_dtype`, `remat` and `scan_layers` (stacked layers with a leading 'layers' axis, applied
+with nnx.scan; outputs equal the plain loop's). `kernels` (default: XLA's, on any platform) says
+which attention kernel runs; the run chooses them once for its platform.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.config import ModelConfig
-from research.layers import BTD, Block, LayerNorm, normal, param
-from research.matmul import dense
-from research.sharding import constrain
+from research.config.derived import is_local_layer, layer_period, padded_vocab
+from research.config.schema import ModelConfig
+from research.model.layers import BTD, Block, LayerNorm
+from research.model.params import normal, param
+from research.ops.matmul import dense
+from research.ops.select import PORTABLE, Kernels
+from research.parallel.rules import constrain
 
-# Logical names are pure metadata; research/sharding.py maps them to mesh axes at jit time.
+# Logical names are pure metadata; research/parallel/rules.py maps them to mesh axes at jit time.
 nnx.use_eager_sharding(False)
 
 REMAT_POLICIES: dict[str, Any] = {
@@ -32,30 +35,14 @@ REMAT_POLICIES: dict[str, Any] = {
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block in the backward pass
 }
 
-# Parameters that get weight decay (matrices); biases, LayerNorm and position tables do not.
-DECAYED = frozenset({"wte", "head", "qkv_kernel", "out_kernel", "in_kernel"})
-NOT_DECAYED = frozenset({"wpe", "qkv_bias", "out_bias", "in_bias", "scale", "bias"})
-
-
-def padded_vocab(cfg: ModelConfig) -> int:
-    m = max(1, cfg.vocab_pad_multiple)
-    return -(-cfg.vocab_size // m) * m
-
-
-def layer_period(cfg: ModelConfig) -> int:
-    """Layers per scanned group: 2 (dense, local) for alternating attention, else 1."""
-    return 2 if cfg.attention == "alternating" else 1
-
-
-def is_local_layer(cfg: ModelConfig, i: int) -> bool:
-    return cfg.attention == "alternating" and i % 2 == 1
-
 
 class LayerGroup(nnx.Module):
     """`layer_period` consecutive blocks: the unit that scan_layers stacks along 'layers'."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.blocks = nnx.List([Block(cfg, local=is_local_layer(cfg, p), rngs=rngs) for p in range(layer_period(cfg))])
+    def __init__(self, cfg: ModelConfig, *, kernels: Kernels, rngs: nnx.Rngs):
+        self.blocks = nnx.List(
+            [Block(cfg, kernels=kernels, local=is_local_layer(cfg, p), rngs=rngs) for p in range(layer_period(cfg))]
+        )
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         for block in self.blocks:
@@ -68,7 +55,7 @@ def _apply(module: nnx.Module, x_BTD: jax.Array) -> jax.Array:
 
 
 class GPT(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, kernels: Kernels = PORTABLE, rngs: nnx.Rngs):
         pd = jnp.dtype(cfg.param_dtype)
         # Plain Python attributes only (cfg may be an OmegaConf node, which is not static-friendly).
         self.vocab_size = int(cfg.vocab_size)
@@ -90,11 +77,13 @@ class GPT(nnx.Module):
             @nnx.split_rngs(splits=cfg.n_layer // period)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make_layers(r: nnx.Rngs) -> LayerGroup:
-                return LayerGroup(cfg, rngs=r)
+                return LayerGroup(cfg, kernels=kernels, rngs=r)
 
             self.layers = make_layers(rngs)
         else:
-            self.blocks = nnx.List([Block(cfg, local=is_local_layer(cfg, i), rngs=rngs) for i in range(cfg.n_layer)])
+            self.blocks = nnx.List(
+                [Block(cfg, kernels=kernels, local=is_local_layer(cfg, i), rngs=rngs) for i in range(cfg.n_layer)]
+            )
         ln = dict(param_dtype=pd, compute_dtype=self.compute_dtype)
         self.ln_f = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln) if cfg.final_norm else None
         self.head = (
@@ -181,32 +170,6 @@ class GPT(nnx.Module):
         return self.logits(x_BTD)[..., : self.vocab_size], cache
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers for training code and tests
-
-
-def abstract_model(cfg: ModelConfig, seed: int = 0) -> GPT:
+def abstract_model(cfg: ModelConfig, seed: int = 0, kernels: Kernels = PORTABLE) -> GPT:
     """Shape-only model (no memory, no FLOPs): for counting and sharding big configs."""
-    return nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(seed)))
-
-
-def count_params(model: nnx.Module) -> int:
-    """Parameters as allocated (includes vocab padding rows, if any)."""
-    return sum(math.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-def _param_name(path: tuple[Any, ...]) -> str:
-    for key in reversed(path):
-        name = getattr(key, "key", getattr(key, "name", key))
-        if isinstance(name, str) and (name in DECAYED or name in NOT_DECAYED):
-            return name
-    raise KeyError(f"unknown parameter path {path}")
-
-
-def decay_mask(params: Any) -> Any:
-    """Same-structure pytree of bools: True where weight decay applies (matrices only).
-
-    Decided by parameter name, not by ndim, because the attention biases are 2-D/3-D (heads
-    are their own axis) and the position table is a matrix that is not decayed (GPT-3).
-    """
-    return jax.tree_util.tree_map_with_path(lambda path, _: _param_name(path) in DECAYED, params)
+    return nnx.eval_shape(lambda: GPT(cfg, kernels=kernels, rngs=nnx.Rngs(seed)))

@@ -1,47 +1,32 @@
 """GPT building blocks in Flax NNX: LayerNorm, causal self-attention, MLP, transformer block.
 
-Every parameter carries logical axis names in its `out_sharding` metadata (see
-research/sharding.py for the logical -> mesh table). Parameters live in `param_dtype`; matmuls
-run in `compute_dtype`; LayerNorm statistics and the attention softmax run in float32. The
-residual stream itself is kept in float32 (as PyTorch autocast does for nanoGPT), so bf16 only
-touches the matmul inputs and the activations saved between them.
+Parameters live in `param_dtype`; matmuls run in `compute_dtype`; LayerNorm statistics and the
+attention softmax run in float32. The residual stream itself is kept in float32 (as PyTorch autocast
+does for nanoGPT), so bf16 only touches the matmul inputs and the activations saved between them.
+Which attention kernel runs, and whether the residual gradient is materialised, comes from `kernels`
+(research/ops/select.py): nothing here asks what hardware it runs on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from research.attention import blocked_causal_attention
-from research.config import ModelConfig, d_ff, d_head
-from research.fusion import materialize_cotangent
-from research.matmul import dense
-from research.sharding import constrain, resolve_attention_impl
+from research.config.derived import d_ff, d_head
+from research.config.schema import ModelConfig
+from research.model.params import normal, ones, param, zeros
+from research.ops.attention import attention, cached_attention
+from research.ops.fusion import materialize_cotangent
+from research.ops.matmul import dense
+from research.ops.select import Kernels
+from research.parallel.rules import constrain
 
-Init = Callable[..., jax.Array]
 BTD = ("batch", "length", "embed")
-
-
-def param(key: jax.Array | None, init: Init, shape: Sequence[int], names: Sequence[str | None], dtype) -> nnx.Param:
-    """A parameter with logical axis names as metadata only (eager sharding off).
-
-    Modules draw one key from `rngs` and split it, rather than one `rngs.params()` per
-    parameter: each draw costs time linear in the traced program under nnx.eval_shape, so
-    per-parameter draws make abstract init of a 96-layer model quadratic (~30 s for 175B).
-    """
-    return nnx.Param(init(key, tuple(shape), dtype), out_sharding=tuple(names), eager_sharding=False)
-
-
-def normal(std: float) -> Init:
-    return jax.nn.initializers.normal(stddev=std)
-
-
-zeros: Init = jax.nn.initializers.zeros
-ones: Init = jax.nn.initializers.ones
+BTNH = ("batch", "length", "heads", "head_dim")
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -71,7 +56,7 @@ class LayerNorm(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head causal self-attention; `window` > 0 makes it locally banded (GPT-3 sparse)."""
 
-    def __init__(self, cfg: ModelConfig, *, window: int, residual_std: float, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, kernels: Kernels, window: int, residual_std: float, rngs: nnx.Rngs):
         D, N, H = cfg.d_model, cfg.n_head, d_head(cfg)
         pd = jnp.dtype(cfg.param_dtype)
         k_qkv, k_out = jax.random.split(rngs.params())
@@ -81,9 +66,7 @@ class Attention(nnx.Module):
         self.out_kernel = param(k_out, normal(residual_std), (N, H, D), ("heads", "head_dim", "embed"), pd)
         self.out_bias = param(None, zeros, (D,), ("embed",), pd)
         self.window = window
-        self.impl = None if resolve_attention_impl(cfg) == "xla" else "cudnn"  # warns once on a fallback
-        # On the CPU the XLA kernel materialises the whole T x T score matrix: use the blocked one there.
-        self.blocked = self.impl is None and jax.default_backend() == "cpu"
+        self.kernels = kernels
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
     def qkv(self, x_BTD: jax.Array) -> jax.Array:
@@ -99,42 +82,22 @@ class Attention(nnx.Module):
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         qkv_BTCNH = self.qkv(x_BTD)
         # split, not three index ops: its gradient is one concatenate rather than three pads and adds
-        q_BTNH, k_BTNH, v_BTNH = (t[:, :, 0] for t in jnp.split(qkv_BTCNH, 3, axis=2))
-        names = ("batch", "length", "heads", "head_dim")
-        q_BTNH, k_BTNH, v_BTNH = (constrain(t, names) for t in (q_BTNH, k_BTNH, v_BTNH))
-        # softmax(Q K^T / sqrt(d_head)) V with a causal mask; the softmax runs in float32.
-        if self.blocked:
-            o_BTNH = blocked_causal_attention(q_BTNH, k_BTNH, v_BTNH, self.window)
-        else:
-            o_BTNH = jax.nn.dot_product_attention(
-                q_BTNH,
-                k_BTNH,
-                v_BTNH,
-                is_causal=True,
-                local_window_size=(self.window - 1, 0) if self.window > 0 else None,
-                implementation=self.impl,
-            )
-        return self.project(constrain(o_BTNH, names))
+        q_BTNH, k_BTNH, v_BTNH = (constrain(t[:, :, 0], BTNH) for t in jnp.split(qkv_BTCNH, 3, axis=2))
+        o_BTNH = attention(q_BTNH, k_BTNH, v_BTNH, window=self.window, kernels=self.kernels)
+        return self.project(constrain(o_BTNH, BTNH))
 
     def decode(
         self, x_BTD: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array, pos: jax.Array
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """KV-cache attention (sampling): the T new tokens at positions pos..pos+T-1 write their keys and
-        values into the fixed-size cache [B, S, N, H] and attend to every cached position up to their own
-        (and within the band for a local layer). Same parameters and math as __call__; always XLA."""
+        values into the fixed-size cache [B, S, N, H] and attend to every cached position up to their own.
+        Same parameters and math as __call__."""
         cd = self.compute_dtype
         qkv_BTCNH = self.qkv(x_BTD)
         q_BTNH, k_BTNH, v_BTNH = (qkv_BTCNH[:, :, i] for i in range(3))
         k_BSNH = jax.lax.dynamic_update_slice_in_dim(k_BSNH, k_BTNH.astype(k_BSNH.dtype), pos, axis=1)
         v_BSNH = jax.lax.dynamic_update_slice_in_dim(v_BSNH, v_BTNH.astype(v_BSNH.dtype), pos, axis=1)
-        q_pos_T1 = pos + jnp.arange(q_BTNH.shape[1])[:, None]
-        k_pos_1S = jnp.arange(k_BSNH.shape[1])[None, :]
-        mask_TS = k_pos_1S <= q_pos_T1  # causal; cache slots past the newest token are never read
-        if self.window > 0:
-            mask_TS = mask_TS & (k_pos_1S > q_pos_T1 - self.window)
-        o_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BSNH.astype(cd), v_BSNH.astype(cd), mask=mask_TS[None, None], implementation="xla"
-        )
+        o_BTNH = cached_attention(q_BTNH, k_BSNH.astype(cd), v_BSNH.astype(cd), pos, window=self.window)
         return self.project(o_BTNH), k_BSNH, v_BSNH
 
 
@@ -160,17 +123,16 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Transformer block: pre-LN (GPT-2/3) or post-LN (GPT-1), chosen by cfg.norm."""
 
-    def __init__(self, cfg: ModelConfig, *, local: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, kernels: Kernels, local: bool, rngs: nnx.Rngs):
         std = cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.scaled_residual_init else cfg.init_std
         ln = dict(param_dtype=jnp.dtype(cfg.param_dtype), compute_dtype=jnp.dtype(cfg.compute_dtype))
+        window = cfg.local_window if local else 0
         self.ln1 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln)
-        self.attn = Attention(cfg, window=cfg.local_window if local else 0, residual_std=std, rngs=rngs)
+        self.attn = Attention(cfg, kernels=kernels, window=window, residual_std=std, rngs=rngs)
         self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, **ln)
         self.mlp = MLP(cfg, residual_std=std, rngs=rngs)
         self.post_norm = cfg.norm == "post"
-        # XLA's CPU fusion would otherwise recompute the residual gradient from the top of the model in
-        # every consumer (research/fusion.py); measured on the CPU only, so GPUs keep their own fusion.
-        self.materialize_gradient = jax.default_backend() == "cpu"
+        self.materialize_gradient = kernels.residual_barrier
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         """x_BTD is the float32 residual stream; returns the same."""

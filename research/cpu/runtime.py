@@ -8,8 +8,8 @@ jaxlib, so none is added by default; the mechanism stays for the ones that will 
 The allocator has to be in place before the process starts (LD_PRELOAD), so the Makefile runs the
 entry points through this module's launcher, which sets the environment and execs the command:
 
-    python -m research.runtime -- python experiments/train.py ...    # what `make train/sweep/bench` do
-    python -m research.runtime --print                                # show what would be applied
+    python -m research.cpu.runtime -- python experiments/train.py ...    # what `make train/sweep/bench` do
+    python -m research.cpu.runtime --print                                # show what would be applied
 
 It prints one line saying what it applied, or that tcmalloc is missing and how to install it; a
 missing allocator is never an error. Overrides (environment):
@@ -118,7 +118,7 @@ def configure_cpu_runtime(verbose: bool = True) -> str:
         line += " (jax was already imported: flags may come too late)"
     if "tcmalloc (" in line and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
         line = line.replace(
-            "tcmalloc (", "tcmalloc available but not preloaded (start through `python -m research.runtime --`; "
+            "tcmalloc (", "tcmalloc available but not preloaded (start through `python -m research.cpu.runtime --`; "
         )
     if verbose:
         print(line, file=sys.stderr, flush=True)
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] == "--":
         args = args[1:]
     if not args:
-        print("usage: python -m research.runtime [--print | --install-tcmalloc | -- COMMAND ...]", file=sys.stderr)
+        print("usage: python -m research.cpu.runtime [--print | --install-tcmalloc | -- COMMAND ...]", file=sys.stderr)
         return 2
     env, line = cpu_runtime_env()
     print(line, file=sys.stderr, flush=True)

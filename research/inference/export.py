@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
 
-from research.config import ConfigError, ModelConfig, d_ff, d_head
+from research.config.derived import d_ff, d_head
+from research.config.schema import ModelConfig
+from research.errors import ExportError
+from research.inference.load import load_run, model_config_of, run_config
 
 TOKENIZER_FILE = "tokenizer.model"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class ExportError(ConfigError):
-    """The model has no Hugging Face equivalent (one sentence naming the setting)."""
 
 
 def architecture(m: ModelConfig) -> str:
@@ -169,9 +170,6 @@ def export_model(
 ) -> Path:
     """Write config.json, model.safetensors (and tokenizer.model) for a model config and its
     parameters (an nnx.State of nnx.Param or its pure dict). Returns out_dir."""
-    from flax import nnx
-    from safetensors.numpy import save_file
-
     config = hf_config(m, bos_id=bos_id, eos_id=eos_id)  # refuses unsupported models before writing anything
     pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
     tensors = hf_tensors(m, pure)
@@ -186,10 +184,6 @@ def export_model(
 
 def export_run(run_dir: Path | str, out_dir: Path | str, step: int | None = None) -> Path:
     """Export a run's checkpoint (newest unless step is given) with its tokenizer."""
-    from flax import nnx
-
-    from research.inference import load_run, model_config_of, run_config
-
     architecture(model_config_of(run_config(run_dir)))  # refuse before reading any checkpoint
     run = load_run(run_dir, step)
     bos = eos = None

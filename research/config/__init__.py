@@ -1,0 +1,1 @@
+"""Config: schema (dataclasses), derived quantities, the one validation pass, Hydra registration, CLI checks."""

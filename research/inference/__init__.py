@@ -1,0 +1,1 @@
+"""Inference from a trained run: loading, KV-cache sampling, Hugging Face export."""

@@ -1,0 +1,1 @@
+"""The GPT model in Flax NNX: parameters, layers, the GPT family."""

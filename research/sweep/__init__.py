@@ -1,0 +1,1 @@
+"""Sweeps: per-size rules, the ${sweep.*} resolvers, the Hydra callback, the report."""
