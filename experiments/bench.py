@@ -86,15 +86,23 @@ def case_config(case: dict[str, Any], sets: list[str]) -> Any:
     _check_names(case["model"], case["mesh"], sets)
     total = case["warmup"] + case["steps"] + 1
     overrides = [
-        f"model={case['model']}", f"mesh={case['mesh']}", f"train.batch_size={case['batch']}",
-        f"train.microbatches={case['microbatches']}", "train.tokens=null", f"train.steps={total}",
-        f"train.streams={case.get('streams') or 'null'}", "optim.warmup_steps=1", *sets,
-    ]  # fmt: skip
+        f"model={case['model']}",
+        f"mesh={case['mesh']}",
+        f"train.batch_size={case['batch']}",
+        f"train.microbatches={case['microbatches']}",
+        "train.tokens=null",
+        f"train.steps={total}",
+        f"train.streams={case.get('streams') or 'null'}",
+        "optim.warmup_steps=1",
+        *sets,
+    ]
     if case["seq_len"] is not None:
         overrides.append(f"train.seq_len={case['seq_len']}")
     cfg = to_config(compose(overrides))
     if cfg.train.seq_len is not None and cfg.train.seq_len > cfg.model.seq_len:
-        raise SystemExit(f"error: --seq-len {cfg.train.seq_len} is above {cfg.model.name}'s context {cfg.model.seq_len}.")
+        raise SystemExit(
+            f"error: --seq-len {cfg.train.seq_len} is above {cfg.model.name}'s context {cfg.model.seq_len}."
+        )
     try:
         validate(cfg, n_devices=jax.device_count())
     except UserError as e:
@@ -102,56 +110,100 @@ def case_config(case: dict[str, Any], sets: list[str]) -> Any:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", choices=["auto", "cpu", "gpu"], default=None,
-                   help="a fixed set of cases (default when --model is not given: auto = gpu if there is one, else cpu)")
+    p.add_argument(
+        "--preset",
+        choices=["auto", "cpu", "gpu"],
+        default=None,
+        help="a fixed set of cases (default when --model is not given: auto = gpu if there is one, else cpu)",
+    )
     p.add_argument("--model", help="conf/model/NAME.yaml (a single case)")
-    p.add_argument("--mesh", default="single", help="conf/mesh/NAME.yaml (default single); sizes via --set mesh.fsdp=..")
+    p.add_argument(
+        "--mesh", default="single", help="conf/mesh/NAME.yaml (default single); sizes via --set mesh.fsdp=.."
+    )
     p.add_argument("--batch", type=int, default=16, help="global batch in sequences")
     p.add_argument("--seq-len", type=int, default=None, help="window (default: the model's context)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--microbatches", type=int, default=1)
-    p.add_argument("--streams", type=int, default=None,
-                   help="sub-batches per step (default: automatic, as train.streams=null)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="GROUP.FIELD=VALUE",
-                   help="a config override, e.g. model.compute_dtype=bfloat16, mesh.tensor=2 (repeatable)")
+    p.add_argument(
+        "--streams", type=int, default=None, help="sub-batches per step (default: automatic, as train.streams=null)"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="GROUP.FIELD=VALUE",
+        help="a config override, e.g. model.compute_dtype=bfloat16, mesh.tensor=2 (repeatable)",
+    )
     p.add_argument("--no-loader", action="store_true", help="skip the data-loader measurement")
-    p.add_argument("--no-torch", action="store_true",
-                   help="skip running the PyTorch reference next to the nanogpt_bench cases")
-    p.add_argument("--cached-compile", action="store_true",
-                   help="also time a re-compile from JAX's persistent cache (a re-run of the job); on in the gpu preset")
+    p.add_argument(
+        "--no-torch", action="store_true", help="skip running the PyTorch reference next to the nanogpt_bench cases"
+    )
+    p.add_argument(
+        "--cached-compile",
+        action="store_true",
+        help="also time a re-compile from JAX's persistent cache (a re-run of the job); on in the gpu preset",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    p.add_argument("--compile-cache", action="store_true",
-                   help="allow JAX's persistent compilation cache (off by default: compile times are real compiles)")
-    args = p.parse_args(argv)  # fmt: skip
+    p.add_argument(
+        "--compile-cache",
+        action="store_true",
+        help="allow JAX's persistent compilation cache (off by default: compile times are real compiles)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.compile_cache:  # `make` exports JAX_COMPILATION_CACHE_DIR; a cache hit is not a compile time
         jax.config.update("jax_enable_compilation_cache", False)
     distributed.maybe_initialize()
     common = dict(mesh=args.mesh, microbatches=args.microbatches, streams=args.streams)
     if args.model:
-        cases = [dict(model=args.model, batch=args.batch, seq_len=args.seq_len, steps=args.steps,
-                      warmup=args.warmup, sets=[], **common)]  # fmt: skip
+        cases = [
+            dict(
+                model=args.model,
+                batch=args.batch,
+                seq_len=args.seq_len,
+                steps=args.steps,
+                warmup=args.warmup,
+                sets=[],
+                **common,
+            )
+        ]
     else:
         preset = args.preset or "auto"
         if preset == "auto":
             preset = "gpu" if jax.default_backend() == "gpu" else "cpu"
         cases = [dict(c, **common) for c in PRESETS[preset]]
-    print(f"bench: jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind} "
-          f"({jax.default_backend()}), {len(cases)} case(s)", flush=True)  # fmt: skip
+    print(
+        f"bench: jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()}), {len(cases)} case(s)",
+        flush=True,
+    )
     if jax.default_backend() == "cpu":
-        print(f"bench: {flops.cpu_cores()} CPU cores; native bf16 dot products: "
-              f"{'yes' if cpu_has_native_bf16() else 'no (bf16 cases run slower than float32 here)'}; "
-              f"runtime: {os.environ.get('LD_PRELOAD') or 'no preload'}", flush=True)  # fmt: skip
+        print(
+            f"bench: {flops.cpu_cores()} CPU cores; native bf16 dot products: "
+            f"{'yes' if cpu_has_native_bf16() else 'no (bf16 cases run slower than float32 here)'}; "
+            f"runtime: {os.environ.get('LD_PRELOAD') or 'no preload'}",
+            flush=True,
+        )
     results = []
     for c in cases:
         cfg = case_config(c, c.get("sets", []) + args.sets)
-        r = bench_case(cfg, steps=c["steps"], warmup=c["warmup"], loader=not args.no_loader,
-                       cached_compile=args.cached_compile or c.get("cached_compile", False))  # fmt: skip
+        r = bench_case(
+            cfg,
+            steps=c["steps"],
+            warmup=c["warmup"],
+            loader=not args.no_loader,
+            cached_compile=args.cached_compile or c.get("cached_compile", False),
+        )
         if jax.default_backend() == "cpu" and c["batch"] == 16 and r["seq_len"] == 256 and not args.no_torch:
             r["pytorch_now"] = pytorch_now(c["model"], steps=10 if c["model"].endswith("_s") else 5)
         results.append(r)

@@ -117,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     # the first two tokens carry the compilations (prefill, then the one-token step)
     warm = stamps[2:]
     rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 and warm[-1] > warm[0] else float("nan")
-    print(f"[sample] {len(stamps)} tokens; the first two after {(stamps[1:2] or stamps or [started])[0] - started:.2f} s "
-          f"(prefill, compilation), then {rate:.1f} tokens/s", file=sys.stderr)  # fmt: skip
+    print(
+        f"[sample] {len(stamps)} tokens; the first two after {(stamps[1:2] or stamps or [started])[0] - started:.2f} s "
+        f"(prefill, compilation), then {rate:.1f} tokens/s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -39,8 +39,11 @@ def train_member(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     config = resolved(cfg)
     prior = records.existing_run(run_dir, config)
     if prior is not None:
-        log.info("%s completed earlier with this config (val loss %.4f); skipped", run_dir,
-                 prior.get("final_val_loss") or float("nan"))  # fmt: skip
+        log.info(
+            "%s completed earlier with this config (val loss %.4f); skipped",
+            run_dir,
+            prior.get("final_val_loss") or float("nan"),
+        )
         return {**prior, "status": "skipped"}
     typed = to_config(cfg)
     configure_compilation_cache()

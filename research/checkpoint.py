@@ -198,8 +198,11 @@ class Checkpointer:
                 moved = self._quarantine(step)
                 log.warning(
                     "the checkpoint at step %d in %s is damaged (%s)%s; using the previous one",
-                    step, self.directory, _first_line(e), f", moved to {moved}" if moved else "",
-                )  # fmt: skip
+                    step,
+                    self.directory,
+                    _first_line(e),
+                    f", moved to {moved}" if moved else "",
+                )
                 continue
             return step, state, loader_state, meta
         return None

@@ -129,28 +129,8 @@ def memory_estimate(
     grads = pb * local * (2 if microbatches > 1 else 1)
     optimizer = 2 * pb * local
 
-    # activations, per device, for one microbatch
     b = math.ceil(batch_size / microbatches)
-    T, D, F, N, H, V, L = seq_len, m.d_model, d_ff(m), m.n_head, d_head(m), m.vocab_size, m.n_layer
-    loc = lambda shape, names: _local_size(shape, names, mesh_shape, rules)  # noqa: E731
-    btd = loc((b, T, D), ("batch", "length", "embed"))
-    btnh = loc((b, T, N, H), ("batch", "length", "heads", "head_dim"))
-    btf = loc((b, T, F), ("batch", "length", "mlp"))
-    bntt = loc((b, N, T, T), ("batch", "heads", "length", "length"))
-    bnt = loc((b, N, T), ("batch", "heads", "length"))
-    btv = loc((b, T, V), ("batch", "length", "vocab"))
-    flash = m.attention_impl == "cudnn"
-    attn_none = 4 * bnt if flash else (4 + cb) * bntt  # cudnn: log-sum-exp; xla: float32 softmax + probs
-    per_layer = {
-        "none": 2 * 4 * btd + 2 * cb * btd + 3 * cb * btnh + cb * btnh + 2 * cb * btf + attn_none,
-        # matmul outputs: qkv, attention scores (xla, float32) and values, out projection, MLP in and out
-        "dots_saveable": 4 * btd + 3 * cb * btnh + (0 if flash else 4 * bntt + cb * btnh) + 2 * cb * btd + cb * btf,
-        "full": 4 * btd,
-    }
-    outside = 4 * btd + cb * btd + 2 * 4 * btv  # final residual, ln_f output, logits + their gradient
-    activations = {
-        remat: L * per_layer[remat] + (per_layer["none"] if remat != "none" else 0) + outside for remat in per_layer
-    }
+    activations = _activations(m, b, seq_len, mesh_shape, rules)
     fixed = weights + compute + grads + optimizer
     return {
         "weights_bf16_bytes": 2 * total,  # the rule of thumb: 2 bytes x every parameter, unsharded
@@ -175,3 +155,31 @@ def memory_estimate(
     }
 
 
+def _activations(
+    model: ModelConfig, b: int, T: int, mesh_shape: dict[str, int], rules: dict[str, Any]
+) -> dict[str, float]:
+    """Bytes the backward pass keeps for one microbatch of b sequences on one device, by remat policy."""
+    cb = DTYPE_BYTES[model.compute_dtype]
+    D, F, N, H, V, L = model.d_model, d_ff(model), model.n_head, d_head(model), model.vocab_size, model.n_layer
+
+    def loc(shape: tuple[int, ...], names: tuple[str, ...]) -> float:
+        return _local_size(shape, names, mesh_shape, rules)
+
+    btd = loc((b, T, D), ("batch", "length", "embed"))
+    btnh = loc((b, T, N, H), ("batch", "length", "heads", "head_dim"))
+    btf = loc((b, T, F), ("batch", "length", "mlp"))
+    bntt = loc((b, N, T, T), ("batch", "heads", "length", "length"))
+    bnt = loc((b, N, T), ("batch", "heads", "length"))
+    btv = loc((b, T, V), ("batch", "length", "vocab"))
+    flash = model.attention_impl == "cudnn"
+    attn_none = 4 * bnt if flash else (4 + cb) * bntt  # cudnn: log-sum-exp; xla: float32 softmax + probs
+    per_layer = {
+        "none": 2 * 4 * btd + 2 * cb * btd + 3 * cb * btnh + cb * btnh + 2 * cb * btf + attn_none,
+        # matmul outputs: qkv, attention scores (xla, float32) and values, out projection, MLP in and out
+        "dots_saveable": 4 * btd + 3 * cb * btnh + (0 if flash else 4 * bntt + cb * btnh) + 2 * cb * btd + cb * btf,
+        "full": 4 * btd,
+    }
+    outside = 4 * btd + cb * btd + 2 * 4 * btv  # final residual, ln_f output, logits + their gradient
+    return {
+        remat: L * per_layer[remat] + (per_layer["none"] if remat != "none" else 0) + outside for remat in per_layer
+    }

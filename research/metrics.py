@@ -49,7 +49,9 @@ class TensorBoardWriter:
     def restart_at(self, step: int) -> None:
         """After a resume from step s, call with s + 1: TensorBoard drops the events an interrupted
         session logged at `step` or later (its SessionLog START purges steps >= `step`)."""
-        self._writer.add_event(Event(wall_time=time.time(), step=int(step), session_log=SessionLog(status=SessionLog.START)))
+        self._writer.add_event(
+            Event(wall_time=time.time(), step=int(step), session_log=SessionLog(status=SessionLog.START))
+        )
 
     def hparams(self, values: dict[str, Any], trial_id: str | None = None) -> None:
         """The run's hyperparameters for TensorBoard's HParams dashboard (a session-start summary; no

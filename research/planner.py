@@ -162,16 +162,26 @@ def _memory_figures(cfg: Config, sizes: dict[str, int], n_dev: int, out: dict[st
             f"{est['batch_per_device']} sequence(s) per device"
         )
     out.update(
-        devices=n_dev, mesh=sizes, batch_shards=batch_shards, batch_per_device=est["batch_per_device"],
-        microbatches=train.microbatches, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl,
-        params_per_device=est["params_per_device"], bf16_weights_bytes=est["weights_bf16_bytes"],
-        mem_weights_bytes=est["weights_bytes"], mem_compute_weights_bytes=est["compute_weights_bytes"],
+        devices=n_dev,
+        mesh=sizes,
+        batch_shards=batch_shards,
+        batch_per_device=est["batch_per_device"],
+        microbatches=train.microbatches,
+        remat=cfg.model.remat,
+        attention_impl=cfg.model.attention_impl,
+        params_per_device=est["params_per_device"],
+        bf16_weights_bytes=est["weights_bf16_bytes"],
+        mem_weights_bytes=est["weights_bytes"],
+        mem_compute_weights_bytes=est["compute_weights_bytes"],
         mem_compute_gathered_layer_bytes=est["compute_gathered_layer_bytes"],
-        mem_grads_bytes=est["grads_bytes"], mem_optimizer_bytes=est["optimizer_bytes"],
-        mem_activations_bytes=est["activations_bytes"], mem_total_bytes=est["total_bytes"],
+        mem_grads_bytes=est["grads_bytes"],
+        mem_optimizer_bytes=est["optimizer_bytes"],
+        mem_activations_bytes=est["activations_bytes"],
+        mem_total_bytes=est["total_bytes"],
         mem_activations_bytes_by_remat=est["activations_bytes_by_remat"],
-        mem_total_bytes_by_remat=est["total_bytes_by_remat"], mem_dtypes=est["dtypes"],
-    )  # fmt: skip
+        mem_total_bytes_by_remat=est["total_bytes_by_remat"],
+        mem_dtypes=est["dtypes"],
+    )
     return est
 
 

@@ -1,4 +1,4 @@
-"""Sharded training on 8 fake CPU devices, run as a subprocess by tests/test_sharding.py.
+"""Sharded training on 8 fake CPU devices, run as a subprocess by tests/integration/test_sharding.py.
 
     python tests/sharding_worker.py OUT.json
 
@@ -126,11 +126,17 @@ def train(
     data: np.ndarray | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    print(f"[worker] {mesh_cfg} {model.remat} scan={model.scan_layers} {model.compute_dtype} mb={microbatches}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"[worker] {mesh_cfg} {model.remat} scan={model.scan_layers} {model.compute_dtype} mb={microbatches}",
+        file=sys.stderr,
+        flush=True,
+    )
     data = batches() if data is None else data
-    n = math.prod(max(v, 1) for v in (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)) if -1 not in (
-        mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor) else jax.device_count()  # fmt: skip
+    n = (
+        math.prod(max(v, 1) for v in (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor))
+        if -1 not in (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+        else jax.device_count()
+    )
     p = programs.build(run_config(mesh_cfg, model, microbatches), devices=jax.devices()[:n])
     mesh, shardings = p.mesh, p.shardings
     state = p.init_state(0)

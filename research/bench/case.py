@@ -39,8 +39,9 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     init_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     shape = (train.batch_size, b.seq_len + 1)
-    tokens = [jax.device_put(rng.integers(0, m.vocab_size, size=shape, dtype=np.int32), p.batch_sharding)
-              for _ in range(2)]  # fmt: skip
+    tokens = [
+        jax.device_put(rng.integers(0, m.vocab_size, size=shape, dtype=np.int32), p.batch_sharding) for _ in range(2)
+    ]
     t0 = time.perf_counter()
     compiled = p.train_step.lower(state, tokens[0]).compile()  # traces in the mesh context the step was made in
     compile_s = time.perf_counter() - t0
@@ -60,16 +61,37 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     kind = jax.devices()[0].device_kind
     peak = flops.device_peak_flops(kind, m.compute_dtype, jax.device_count())
     out: dict[str, Any] = {
-        "model": m.name, "mesh": describe(p.mesh), "batch": train.batch_size, "seq_len": b.seq_len,
-        "microbatches": train.microbatches, "streams": p.streams, "compute_dtype": m.compute_dtype,
-        "param_dtype": m.param_dtype, "attention_requested": m.attention_impl,
-        "attention_impl": p.record()["attention_impl"], "kernels": p.kernels.record(), "remat": m.remat,
-        "scan_layers": m.scan_layers, "params": b.params, "n_layer": m.n_layer, "d_model": m.d_model,
-        "n_head": m.n_head, "d_head": d_head(m), "device": kind, "platform": jax.devices()[0].platform,
-        "n_devices": jax.device_count(), "init_s": init_s, "compile_s": compile_s, "compile_cached_s": cached_s,
-        "step_s": step_s, "step_s_min": float(min(times)), "steps_timed": steps, "tokens_per_s": tps,
-        "loss": float(metrics["loss"]), "peak_flops": peak,
-    }  # fmt: skip
+        "model": m.name,
+        "mesh": describe(p.mesh),
+        "batch": train.batch_size,
+        "seq_len": b.seq_len,
+        "microbatches": train.microbatches,
+        "streams": p.streams,
+        "compute_dtype": m.compute_dtype,
+        "param_dtype": m.param_dtype,
+        "attention_requested": m.attention_impl,
+        "attention_impl": p.record()["attention_impl"],
+        "kernels": p.kernels.record(),
+        "remat": m.remat,
+        "scan_layers": m.scan_layers,
+        "params": b.params,
+        "n_layer": m.n_layer,
+        "d_model": m.d_model,
+        "n_head": m.n_head,
+        "d_head": d_head(m),
+        "device": kind,
+        "platform": jax.devices()[0].platform,
+        "n_devices": jax.device_count(),
+        "init_s": init_s,
+        "compile_s": compile_s,
+        "compile_cached_s": cached_s,
+        "step_s": step_s,
+        "step_s_min": float(min(times)),
+        "steps_timed": steps,
+        "tokens_per_s": tps,
+        "loss": float(metrics["loss"]),
+        "peak_flops": peak,
+    }
     fpt = flops.flops_per_token(m, b.seq_len)
     for conv, key in (("model", "flops_per_token"), ("6n", "flops_per_token_6n")):
         out[f"flops_per_token_{conv}"] = fpt[key]
@@ -118,9 +140,12 @@ def loader_throughput(batch: int, seq_len: int, seconds: float = 1.0) -> dict[st
     """Tokens/s of research/data's train loader over prepared data (the fixture corpus, vocab 384)."""
     try:
         cfg = DataConfig(
-            name="bench-fixture", sources=[str(ROOT / "tests" / "fixtures" / "corpus")], vocab_size=384,
-            cache_dir=str(ROOT / ".cache" / "bench-data"), val_fraction=0.2,
-        )  # fmt: skip
+            name="bench-fixture",
+            sources=[str(ROOT / "tests" / "fixtures" / "corpus")],
+            vocab_size=384,
+            cache_dir=str(ROOT / ".cache" / "bench-data"),
+            val_fraction=0.2,
+        )
         ds = data_lib.prepare(cfg, verbose=False)
         quiet = logging.getLogger("research.data")
         level, quiet.level = quiet.level, logging.ERROR  # the small corpus repeats; that warning is noise here

@@ -32,8 +32,11 @@ def pytorch_now(model: str, steps: int) -> dict[str, Any] | None:
     m = re.search(r"(tcmalloc|glibc malloc).*?([\d,]+) tokens/s \(best ([\d,]+)\)", out.stdout)
     if out.returncode or not m:
         return {"error": (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]}
-    return {"allocator": m.group(1), "tokens_per_s": float(m.group(2).replace(",", "")),
-            "best_tokens_per_s": float(m.group(3).replace(",", ""))}  # fmt: skip
+    return {
+        "allocator": m.group(1),
+        "tokens_per_s": float(m.group(2).replace(",", "")),
+        "best_tokens_per_s": float(m.group(3).replace(",", "")),
+    }
 
 
 def cpu_has_native_bf16() -> bool:

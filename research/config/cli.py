@@ -35,9 +35,7 @@ def check_cli(argv: list[str], conf_dir: Path) -> str | None:
                 if v and v not in options:
                     close = difflib.get_close_matches(v, options, n=1)
                     hint = f"did you mean {close[0]}? " if close else ""
-                    return (
-                        f"{key}={v} is not a config in conf/{key}; {hint}choose one of {', '.join(options)}."
-                    )
+                    return f"{key}={v} is not a config in conf/{key}; {hint}choose one of {', '.join(options)}."
         elif "." in key and not raw_key.startswith("+"):
             group, name = key.split(".")[:2]
             schema = _SCHEMAS.get(group)
@@ -47,7 +45,9 @@ def check_cli(argv: list[str], conf_dir: Path) -> str | None:
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1)
                 hint = f" (did you mean {group}.{close[0]}?)" if close else ""
-                return f"{group}.{name} is not a setting of {group}{hint}; fix the name, or add a new key with +{key}=..."
+                return (
+                    f"{group}.{name} is not a setting of {group}{hint}; fix the name, or add a new key with +{key}=..."
+                )
     return None
 
 

@@ -154,13 +154,10 @@ def _validate_fault_tolerance(cfg: Config) -> None:
     if bad:
         raise ConfigError(f"train.debug_poison_steps has {bad}, not positive step numbers; list steps from 1.")
     if train.debug_step_delay < 0:
-        raise ConfigError(
-            f"train.debug_step_delay={train.debug_step_delay} must be non-negative; use 0 (the default)."
-        )
+        raise ConfigError(f"train.debug_step_delay={train.debug_step_delay} must be non-negative; use 0 (the default).")
     if train.device_peak_flops is not None and train.device_peak_flops <= 0:
         raise ConfigError(
-            f"train.device_peak_flops={train.device_peak_flops} must be positive; leave it null to use the peak "
-            "table."
+            f"train.device_peak_flops={train.device_peak_flops} must be positive; leave it null to use the peak table."
         )
     if train.resume_from is not None and not str(train.resume_from).strip():
         raise ConfigError("train.resume_from is empty; give a checkpoints folder or run directory, or null.")

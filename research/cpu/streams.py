@@ -31,7 +31,9 @@ def auto_streams(rows_per_device: int, seq_len: int, backend: str, compute_dtype
     return 1
 
 
-def resolve_streams(requested: int | None, rows_per_device: int, seq_len: int, platform: str, compute_dtype: str) -> int:
+def resolve_streams(
+    requested: int | None, rows_per_device: int, seq_len: int, platform: str, compute_dtype: str
+) -> int:
     """train.streams as set, or auto_streams for this platform when it is null."""
     return requested or auto_streams(rows_per_device, seq_len, platform, compute_dtype)
 

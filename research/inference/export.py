@@ -99,8 +99,12 @@ def hf_config(m: ModelConfig, *, bos_id: int | None = None, eos_id: int | None =
             "use_cache": True,
         }
     # OpenAIGPT's ACT_FNS maps "gelu" to gelu_new (the tanh approximation), as the GPT-1 release did.
-    return {"architectures": ["OpenAIGPTLMHeadModel"], "model_type": "openai-gpt", **common,
-            "afn": "gelu" if m.activation == "gelu" else "relu"}  # fmt: skip
+    return {
+        "architectures": ["OpenAIGPTLMHeadModel"],
+        "model_type": "openai-gpt",
+        **common,
+        "afn": "gelu" if m.activation == "gelu" else "relu",
+    }
 
 
 def _get(tree: dict, key: Any) -> Any:

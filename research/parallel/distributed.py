@@ -91,9 +91,12 @@ def maybe_initialize(env: Mapping[str, str] | None = None) -> bool:
     if jax.process_index() != 0:
         quiet_logging()
     log.info(
-        "distributed: process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-        jax.local_device_count(), jax.device_count(),
-    )  # fmt: skip
+        "distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 

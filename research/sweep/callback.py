@@ -79,8 +79,10 @@ class SweepCallback(Callback):
         if self.compile_ahead and _compiles_ahead(config):
             self.ahead = compile_ahead.CompileAhead()
         n = "?" if self.total is None else self.total
-        print(f"[sweep] {OmegaConf.select(config, 'train.experiment')}: {n} members -> {config.hydra.sweep.dir}",
-              flush=True)  # fmt: skip
+        print(
+            f"[sweep] {OmegaConf.select(config, 'train.experiment')}: {n} members -> {config.hydra.sweep.dir}",
+            flush=True,
+        )
 
     def _label(self, config: DictConfig) -> str:
         num = int(OmegaConf.select(config, "hydra.job.num") or 0) + 1
@@ -118,9 +120,11 @@ class SweepCallback(Callback):
         try:
             cfg = OmegaConf.to_object(_without_hydra(config))
             b = budget(cfg)
-            what = (f"{cfg.model.name}: N={b.params_nonembed:,} non-embedding params, {b.tokens:,} tokens in "
-                    f"{b.steps:,} steps of {cfg.train.batch_size}x{b.seq_len}, lr {cfg.optim.lr:.3g}, "
-                    f"warmup {b.warmup}")  # fmt: skip
+            what = (
+                f"{cfg.model.name}: N={b.params_nonembed:,} non-embedding params, {b.tokens:,} tokens in "
+                f"{b.steps:,} steps of {cfg.train.batch_size}x{b.seq_len}, lr {cfg.optim.lr:.3g}, "
+                f"warmup {b.warmup}"
+            )
         except Exception as e:  # the member itself will report a bad config
             what = f"(config does not resolve: {str(e).splitlines()[0]})"
         log.info("%s %s  %s", self._label(config), config.train.run_name if _resolves(config) else "?", what)
@@ -142,8 +146,7 @@ class SweepCallback(Callback):
         took = time.time() - self._job_started.pop(num, time.time())
         if status == "completed":
             tps = rec.get("tokens_per_second")
-            detail = (f"val loss {rec.get('final_val_loss', float('nan')):.4f}, "
-                      f"{(tps or 0):,.0f} tokens/s, {took:.0f} s")  # fmt: skip
+            detail = f"val loss {rec.get('final_val_loss', float('nan')):.4f}, {(tps or 0):,.0f} tokens/s, {took:.0f} s"
         elif status == "skipped":
             detail = f"completed earlier (val loss {rec.get('final_val_loss') or float('nan'):.4f}); nothing to do"
         else:
@@ -164,8 +167,11 @@ class SweepCallback(Callback):
             return
         n_done = sum(r.get("status") == "completed" for r in rows)
         bad = [r for r in rows if r.get("status") != "completed"]
-        print(f"[sweep] done in {time.time() - self.started:.0f} s: {len(rows)} members, {n_done} completed"
-              f"{f', {len(bad)} not' if bad else ''}; wrote {path}", flush=True)  # fmt: skip
+        print(
+            f"[sweep] done in {time.time() - self.started:.0f} s: {len(rows)} members, {n_done} completed"
+            f"{f', {len(bad)} not' if bad else ''}; wrote {path}",
+            flush=True,
+        )
         for r in bad:
             print(f"[sweep]   {r.get('run_dir')}: {str(r.get('status')).upper()}: {r.get('error')}", flush=True)
 

@@ -1,20 +1,20 @@
 """The ${sweep.*} resolvers experiment files use; every one reads the member's own config (`_root_`).
 
-  ${sweep.rung:FIELD}                 FIELD (name, n_layer, d_model, n_head, ...) of this member's rung of
-                                      sweep.ladder: sweep.size names it, or (IsoFLOP) the rung nearest the
-                                      expected optimum N_opt = sqrt(C / (6 k)), k = sweep.optimum_tokens_per_param,
-                                      moved by sweep.offset rungs
-  ${sweep.n:}                         N, the member's non-embedding parameters (research/flops.py)
-  ${sweep.lr:LR0,N0,EXP}              learning rate LR0 x (N / N0)^EXP            (rules.lr_rule)
-  ${sweep.batch:B0,N0,EXP,LO,HI}      sequences per batch: B0 x (N / N0)^EXP rounded to a power of two,
-                                      clipped to [LO, HI]                           (rules.batch_rule)
-  ${sweep.batch_of_tokens:T}          sequences holding about T tokens (a paper's batch size in tokens)
-  ${sweep.warmup:TOKENS,FRACTION}     warmup steps: TOKENS worth of batches, never more than FRACTION of the
-                                      run's steps                                   (rules.warmup_rule)
-  ${sweep.isoflop_tokens:}            D = C / (6 N) for C = sweep.compute
-  ${sweep.per_batch:SEQUENCES}        batches holding SEQUENCES sequences (a fixed eval set for any batch size)
-  ${sweep.sci:X}                      a compact label: 3e+11 -> 3e11 (run names)
-  ${sweep.budget:}                    the budget as a run-name label: tpp20, D2.5e6 or S1000
+${sweep.rung:FIELD}                 FIELD (name, n_layer, d_model, n_head, ...) of this member's rung of
+                                    sweep.ladder: sweep.size names it, or (IsoFLOP) the rung nearest the
+                                    expected optimum N_opt = sqrt(C / (6 k)), k = sweep.optimum_tokens_per_param,
+                                    moved by sweep.offset rungs
+${sweep.n:}                         N, the member's non-embedding parameters (research/flops.py)
+${sweep.lr:LR0,N0,EXP}              learning rate LR0 x (N / N0)^EXP            (rules.lr_rule)
+${sweep.batch:B0,N0,EXP,LO,HI}      sequences per batch: B0 x (N / N0)^EXP rounded to a power of two,
+                                    clipped to [LO, HI]                           (rules.batch_rule)
+${sweep.batch_of_tokens:T}          sequences holding about T tokens (a paper's batch size in tokens)
+${sweep.warmup:TOKENS,FRACTION}     warmup steps: TOKENS worth of batches, never more than FRACTION of the
+                                    run's steps                                   (rules.warmup_rule)
+${sweep.isoflop_tokens:}            D = C / (6 N) for C = sweep.compute
+${sweep.per_batch:SEQUENCES}        batches holding SEQUENCES sequences (a fixed eval set for any batch size)
+${sweep.sci:X}                      a compact label: 3e+11 -> 3e11 (run names)
+${sweep.budget:}                    the budget as a run-name label: tpp20, D2.5e6 or S1000
 """
 
 from __future__ import annotations

@@ -111,10 +111,13 @@ def select(ok: jax.Array, new: Any, old: Any) -> Any:
 
 def guard_metrics(g: GuardState) -> dict[str, jax.Array]:
     return {
-        "nonfinite_steps": g.nonfinite, "spike_steps": g.spikes, "guard_skipped": g.skipped,
-        "guard_streak_step": g.streak_step, "guard_last_bad_step": g.last_bad_step,
+        "nonfinite_steps": g.nonfinite,
+        "spike_steps": g.spikes,
+        "guard_skipped": g.skipped,
+        "guard_streak_step": g.streak_step,
+        "guard_last_bad_step": g.last_bad_step,
         "guard_last_bad_kind": g.last_bad_kind,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +156,11 @@ class Monitor:
     def counts(self, m: dict[str, Any]) -> dict[str, int]:
         """The counts for metrics.jsonl, TensorBoard and results.json."""
         return {
-            "nonfinite_steps": int(m["nonfinite_steps"]), "spike_steps": int(m["spike_steps"]),
-            "skipped_steps": int(m["guard_skipped"]) + self.rolled_back, "rollbacks": self.rollbacks,
-        }  # fmt: skip
+            "nonfinite_steps": int(m["nonfinite_steps"]),
+            "spike_steps": int(m["spike_steps"]),
+            "skipped_steps": int(m["guard_skipped"]) + self.rolled_back,
+            "rollbacks": self.rollbacks,
+        }
 
     def peek(self, m: dict[str, Any]) -> bool:
         """Clean since the previous acting check? (for saves that must not change the run's course)"""
@@ -172,18 +177,24 @@ class Monitor:
         where = f"the last at step {last} ({kind}, {self.describe_batch(last)})"
         if self.policy == "stop" and int(m["guard_streak_step"]) >= 0:
             s = int(m["guard_streak_step"])
-            return Verdict(clean=False, stop_message=(
-                f"training stopped: {self.max_bad_steps} consecutive bad steps ending at step {s} "
-                f"({_KIND.get(int(m['guard_last_bad_kind']), 'bad')}, {self.describe_batch(s)}); the parameters "
-                f"are those from before the streak; lower optim.lr, or set train.nan_policy=skip or rollback to "
-                f"train past these batches."
-            ))  # fmt: skip
+            return Verdict(
+                clean=False,
+                stop_message=(
+                    f"training stopped: {self.max_bad_steps} consecutive bad steps ending at step {s} "
+                    f"({_KIND.get(int(m['guard_last_bad_kind']), 'bad')}, {self.describe_batch(s)}); the parameters "
+                    f"are those from before the streak; lower optim.lr, or set train.nan_policy=skip or rollback to "
+                    f"train past these batches."
+                ),
+            )
         if self.policy == "rollback":
             if self.rollbacks >= self.max_rollbacks:
-                return Verdict(clean=False, stop_message=(
-                    f"training stopped: bad steps kept coming after {self.rollbacks} rollbacks ({new_bad} since the "
-                    f"previous check, {where}); lower optim.lr or raise train.max_rollbacks."
-                ))  # fmt: skip
+                return Verdict(
+                    clean=False,
+                    stop_message=(
+                        f"training stopped: bad steps kept coming after {self.rollbacks} rollbacks ({new_bad} since the "
+                        f"previous check, {where}); lower optim.lr or raise train.max_rollbacks."
+                    ),
+                )
             log.warning("%d bad step(s) up to step %d, %s: rolling back to the last checkpoint", new_bad, step, where)
             return Verdict(clean=False, rollback=True)
         log.warning("%d bad step(s) up to step %d, %s: their updates were skipped", new_bad, step, where)

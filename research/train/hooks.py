@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from research import flops
 from research.checkpoint import Checkpointer
@@ -70,8 +71,6 @@ def time_due(ckpt: Checkpointer, is_log: bool) -> bool:
         return ckpt.time_due()
     if not is_log:
         return False
-    from jax.experimental import multihost_utils
-
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(ckpt.time_due())))
 
 
@@ -87,8 +86,18 @@ class MetricsHook:
     """One row per log or eval step: metrics.jsonl, TensorBoard, the progress bar; `last` keeps what the
     rows said last (the run's final figures)."""
 
-    def __init__(self, *, batch_tokens: int, params_nonembed: int, flops_per_token: float, peak: float | None,
-                 writers: Any, evaluation: Any, last: dict[str, Any], start_step: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        batch_tokens: int,
+        params_nonembed: int,
+        flops_per_token: float,
+        peak: float | None,
+        writers: Any,
+        evaluation: Any,
+        last: dict[str, Any],
+        start_step: int,
+    ) -> None:
         self.batch_tokens, self.params_nonembed = batch_tokens, params_nonembed
         self.flops_per_token, self.peak = flops_per_token, peak
         self.writers, self.evaluation, self.last = writers, evaluation, last
@@ -121,9 +130,17 @@ class MetricsHook:
 
 
 class CheckpointHook:
-    def __init__(self, ckpt: Checkpointer, loader: Any, monitor: Monitor, policy: str, meta: dict[str, Any],
-                 steps: int) -> None:  # fmt: skip
-        self.ckpt, self.loader, self.monitor, self.policy, self.meta, self.steps = ckpt, loader, monitor, policy, meta, steps
+    def __init__(
+        self, ckpt: Checkpointer, loader: Any, monitor: Monitor, policy: str, meta: dict[str, Any], steps: int
+    ) -> None:
+        self.ckpt, self.loader, self.monitor, self.policy, self.meta, self.steps = (
+            ckpt,
+            loader,
+            monitor,
+            policy,
+            meta,
+            steps,
+        )
 
     def __call__(self, step: int, state: Any, due: Due, verdict: Verdict) -> None:
         meta = {**self.meta, "health": self.monitor.state(), "wall_time": time.time()}
@@ -133,8 +150,9 @@ class CheckpointHook:
         self.ckpt.save(step, state, self.loader.get_state(), meta, verified=verified, wait=wait)
 
 
-def rollback(state: Any, step: int, skipped_now: int, ckpt: Checkpointer, target: Any, monitor: Monitor,
-             fresh_state: Any) -> Any:  # fmt: skip
+def rollback(
+    state: Any, step: int, skipped_now: int, ckpt: Checkpointer, target: Any, monitor: Monitor, fresh_state: Any
+) -> Any:
     """Weights, optimizer state and RNG from the newest verified checkpoint (or the initial state), with the
     loss statistics that belong to those weights; the step counter, the bad-step counters and the loader
     stay where they are."""

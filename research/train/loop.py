@@ -45,7 +45,11 @@ _POISON = {"nan": float("nan"), "inf": float("inf"), "spike": 100.0}
 
 
 def run(
-    cfg: Config, run_dir: Path, resolved_config: dict[str, Any] | None = None, *, on_compiled: Callable[[], Any] | None = None
+    cfg: Config,
+    run_dir: Path,
+    resolved_config: dict[str, Any] | None = None,
+    *,
+    on_compiled: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Train one run in run_dir; always leaves results.json (status completed, failed or running), except when
     the directory itself is unusable or holds a different run (ConfigError, nothing written). A run directory
@@ -73,7 +77,9 @@ def run(
         _train(cfg, run_dir, record, is_main, on_compiled)
         record.update(status="completed")
     except Preempted:
-        record.update(status="running", error="preempted: stopped by a signal after saving a checkpoint; rerun to resume")
+        record.update(
+            status="running", error="preempted: stopped by a signal after saving a checkpoint; rerun to resume"
+        )
     except (SystemExit, KeyboardInterrupt):  # e.g. Ctrl-C before the loop: the last checkpoint stands
         record.update(status="running", error="interrupted; rerun to resume from the last checkpoint")
         raise
@@ -108,10 +114,52 @@ class Session:
 
 def _train(cfg: Config, run_dir: Path, record: records.RunRecord, is_main: bool, on_compiled: Any) -> None:
     t0 = time.time()
-    train = cfg.train
     validate(cfg, n_devices=jax.device_count())
-    resume_source = preflight.resume_source(train, run_dir)
+    resume_source = preflight.resume_source(cfg.train, run_dir)
     ds = _open_data(cfg)
+    s = _open_session(cfg, run_dir, record, ds, resume_source, on_compiled)
+    b = s.budget
+    writers = _open_writers(cfg, run_dir, b, s, is_main)
+    log.info(
+        f"model {cfg.model.name}: {b.params:,} params ({b.params_nonembed:,} non-embedding), {b.steps} steps x "
+        f"{b.batch_tokens} tokens = {b.tokens:,} tokens, warmup {b.warmup}, lr {cfg.optim.lr:.3g}, devices "
+        f"{jax.device_count()} ({record['device']})"
+    )
+    log.info("unigram entropy of the train split: %.4f nats/token (the baseline to beat)", ds.unigram_entropy_nats)
+    last: dict[str, Any] = _last_rows(run_dir / "metrics.jsonl") if s.own and is_main else {}
+    val = [
+        jax.make_array_from_process_local_data(s.p.batch_sharding, _local_rows(batch))
+        for batch in data_lib.val_batches(
+            ds, seq_len=b.seq_len, batch=cfg.train.batch_size, n_batches=cfg.train.eval_batches
+        )
+    ]
+    peak = cfg.train.device_peak_flops or flops.device_peak_flops(
+        jax.devices()[0].device_kind, cfg.model.compute_dtype, jax.device_count()
+    )
+    metrics_hook = MetricsHook(
+        batch_tokens=b.batch_tokens,
+        params_nonembed=b.params_nonembed,
+        flops_per_token=b.flops_per_token,
+        peak=peak,
+        writers=writers,
+        last=last,
+        start_step=s.start_step,
+        evaluation=lambda params: evaluate(s.eval_step, params, val, ds.bytes_per_token_val),
+    )
+    s.health = s.monitor.counts(jax.device_get(guard_metrics(s.state.guard)))
+    try:
+        _steps(s, metrics_hook, record, t0)
+    finally:
+        record.update(**s.health)  # the bad-step counts also when preempted or stopped
+        _close_quietly(s.ckpt, writers)
+    _finish(s, record, last, t0, ds.unigram_entropy_nats)
+
+
+def _open_session(
+    cfg: Config, run_dir: Path, record: records.RunRecord, ds: Any, resume_source: Path | None, on_compiled: Any
+) -> Session:
+    """The programs compiled, the loader, the checkpointer and the state (fresh or restored)."""
+    train = cfg.train
     p = programs.build(cfg)
     b = p.budget
     record.update(**b.record(), **p.record())
@@ -121,44 +169,20 @@ def _train(cfg: Config, run_dir: Path, record: records.RunRecord, is_main: bool,
     if on_compiled is not None:
         on_compiled()
     loader = data_lib.train_loader(
-        ds, seq_len=b.seq_len, global_batch=train.batch_size, seed=train.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(), total_tokens=b.tokens,
-    )  # fmt: skip
+        ds,
+        seq_len=b.seq_len,
+        global_batch=train.batch_size,
+        seed=train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        total_tokens=b.tokens,
+    )
     ckpt = Checkpointer(run_dir / "checkpoints", every_minutes=train.checkpoint_minutes, keep=train.keep_checkpoints)
     monitor = Monitor(train.nan_policy, train.max_bad_steps, train.max_rollbacks, lambda s: _describe_batch(loader, s))
     state = init(jax.random.key(train.seed))
     start_step, state, own = restore_state(ckpt, p.target, state, loader, monitor, train, resume_source, b.steps)
-    session = Session(
-        cfg, b, p, init, train_step, eval_step, state, loader, ckpt, monitor, start_step, own,
-        {s: _POISON[train.debug_poison_kind] for s in train.debug_poison_steps},
-    )  # fmt: skip
-    val = [
-        jax.make_array_from_process_local_data(p.batch_sharding, _local_rows(batch))
-        for batch in data_lib.val_batches(ds, seq_len=b.seq_len, batch=train.batch_size, n_batches=train.eval_batches)
-    ]
-    writers = _open_writers(cfg, run_dir, b, session, is_main)
-    log.info(
-        "model %s: %s params (%s non-embedding), %d steps x %d tokens = %s tokens, warmup %d, lr %.3g, devices %d (%s)",
-        cfg.model.name, f"{b.params:,}", f"{b.params_nonembed:,}", b.steps, b.batch_tokens, f"{b.tokens:,}",
-        b.warmup, cfg.optim.lr, jax.device_count(), record["device"],
-    )  # fmt: skip
-    log.info("unigram entropy of the train split: %.4f nats/token (the baseline to beat)", ds.unigram_entropy_nats)
-    last: dict[str, Any] = _last_rows(run_dir / "metrics.jsonl") if own and is_main else {}
-    peak = train.device_peak_flops or flops.device_peak_flops(
-        jax.devices()[0].device_kind, cfg.model.compute_dtype, jax.device_count()
-    )
-    metrics_hook = MetricsHook(
-        batch_tokens=b.batch_tokens, params_nonembed=b.params_nonembed, flops_per_token=b.flops_per_token,
-        peak=peak, writers=writers, last=last, start_step=start_step,
-        evaluation=lambda params: evaluate(eval_step, params, val, ds.bytes_per_token_val),
-    )  # fmt: skip
-    session.health = monitor.counts(jax.device_get(guard_metrics(state.guard)))
-    try:
-        _steps(session, metrics_hook, record, t0)
-    finally:
-        record.update(**session.health)  # the bad-step counts also when preempted or stopped
-        _close_quietly(ckpt, writers)
-    _finish(session, record, last, t0, ds.unigram_entropy_nats)
+    poison = {s: _POISON[train.debug_poison_kind] for s in train.debug_poison_steps}
+    return Session(cfg, b, p, init, train_step, eval_step, state, loader, ckpt, monitor, start_step, own, poison)
 
 
 def _steps(s: Session, metrics_hook: MetricsHook, record: records.RunRecord, t0: float) -> None:
@@ -199,29 +223,45 @@ def _steps(s: Session, metrics_hook: MetricsHook, record: records.RunRecord, t0:
             if due.save:
                 checkpoint(step, s.state, due, verdict)
             if stop.raised:
-                log.warning("stopped by %s after step %d; checkpoint saved, rerun the same command to resume",
-                            signal.Signals(stop.raised).name, step)  # fmt: skip
+                log.warning(
+                    "stopped by %s after step %d; checkpoint saved, rerun the same command to resume",
+                    signal.Signals(stop.raised).name,
+                    step,
+                )
                 raise Preempted()
 
 
 def _finish(s: Session, record: records.RunRecord, last: dict[str, Any], t0: float, baseline: float) -> None:
     health = s.health
     if s.ckpt.save_seconds:
-        log.info("checkpoints: %d saves, the training loop blocked %.3f s per save (mean)",
-                 len(s.ckpt.save_seconds), float(np.mean(s.ckpt.save_seconds)))  # fmt: skip
+        log.info(
+            "checkpoints: %d saves, the training loop blocked %.3f s per save (mean)",
+            len(s.ckpt.save_seconds),
+            float(np.mean(s.ckpt.save_seconds)),
+        )
     record.update(
-        final_train_loss=last.get("loss"), final_val_loss=last.get("val_loss"), val_bpb=last.get("val_bpb"),
-        tokens_per_second=last.get("tokens_per_second"), mfu=last.get("mfu"), wall_seconds=round(time.time() - t0, 3),
+        final_train_loss=last.get("loss"),
+        final_val_loss=last.get("val_loss"),
+        val_bpb=last.get("val_bpb"),
+        tokens_per_second=last.get("tokens_per_second"),
+        mfu=last.get("mfu"),
+        wall_seconds=round(time.time() - t0, 3),
         **health,
-    )  # fmt: skip
+    )
     log.info(
         "done: val loss %.4f nats/token (unigram baseline %.4f), %.4f bits/byte, %.0f tokens/s, %.1f s",
-        last.get("val_loss", float("nan")), baseline, last.get("val_bpb", float("nan")),
-        last.get("tokens_per_second") or 0.0, time.time() - t0,
-    )  # fmt: skip
+        last.get("val_loss", float("nan")),
+        baseline,
+        last.get("val_bpb", float("nan")),
+        last.get("tokens_per_second") or 0.0,
+        time.time() - t0,
+    )
     if health["skipped_steps"]:
-        log.warning("bad steps: %(nonfinite_steps)d non-finite, %(spike_steps)d spikes, %(skipped_steps)d updates "
-                    "skipped, %(rollbacks)d rollbacks", health)  # fmt: skip
+        log.warning(
+            "bad steps: %(nonfinite_steps)d non-finite, %(spike_steps)d spikes, %(skipped_steps)d updates "
+            "skipped, %(rollbacks)d rollbacks",
+            health,
+        )
 
 
 def _open_data(cfg: Config) -> data_lib.Dataset:
@@ -249,8 +289,9 @@ def _open_writers(cfg: Config, run_dir: Path, b: Budget, s: Session, is_main: bo
             tb.hparams(records.run_hparams(cfg, b), trial_id=cfg.train.run_name)
         tb.restart_at(s.start_step + 1)  # TensorBoard forgets what an interrupted session logged past the restore
         jsonl = JsonlWriter(run_dir / "metrics.jsonl", resume_step=s.start_step if s.own else None)
-    progress = Progress(total=b.steps, initial=s.start_step, enabled=cfg.train.progress and is_main,
-                        desc=cfg.train.run_name)  # fmt: skip
+    progress = Progress(
+        total=b.steps, initial=s.start_step, enabled=cfg.train.progress and is_main, desc=cfg.train.run_name
+    )
     return RunWriters(jsonl, tb, progress)
 
 

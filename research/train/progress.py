@@ -13,9 +13,18 @@ from research.metrics import format_count
 class Progress:
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "") -> None:
         self._bar = (
-            tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
-                 mininterval=1.0) if enabled else None
-        )  # fmt: skip
+            tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+            )
+            if enabled
+            else None
+        )
         self._done = initial
 
     def update(self, step: int) -> None:

@@ -7,7 +7,6 @@ set before JAX starts); this process keeps its single device for the rest.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,12 +17,9 @@ from conftest import ROOT, compose, tiny_overrides, train_in_process
 from jax.sharding import PartitionSpec as P
 
 from research.config.hydra import to_config
-from research.config.schema import MeshConfig, ModelConfig
 from research.config.validate import validate
 from research.errors import ConfigError
-from research.ops import select
 from research.parallel import rules as sharding
-from research.parallel.mesh import mesh_shape
 
 MESHES = ["dp8", "fsdp8", "fsdp4_tp2", "d2_f2_t2"]
 
@@ -34,8 +30,12 @@ def worker(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "sharding_worker.py"), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -95,18 +95,6 @@ def test_bf16_compute_trains_close_to_float32(worker):
 # ------------------------------------------------------------------------------ mesh and rules
 
 
-def test_mesh_fill_and_impossible_meshes():
-    assert mesh_shape(MeshConfig(data=-1), 8) == {"data": 8, "fsdp": 1, "tensor": 1}
-    assert mesh_shape(MeshConfig(fsdp=-1, tensor=2), 8) == {"data": 1, "fsdp": 4, "tensor": 2}
-    assert mesh_shape(MeshConfig(data=2, fsdp=2, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
-    with pytest.raises(ConfigError, match=r"mesh data x fsdp x tensor = 6 but there are 8 devices"):
-        mesh_shape(MeshConfig(data=3, tensor=2), 8)
-    with pytest.raises(ConfigError, match=r"cannot fill 8 devices \(8 is not divisible by 3\)"):
-        mesh_shape(MeshConfig(data=3, fsdp=-1), 8)
-    with pytest.raises(ConfigError, match="only one of mesh.data, mesh.fsdp, mesh.tensor may be -1"):
-        mesh_shape(MeshConfig(data=-1, fsdp=-1), 8)
-
-
 @pytest.mark.parametrize(
     "mesh,extra,message",
     [
@@ -114,8 +102,11 @@ def test_mesh_fill_and_impossible_meshes():
         ("fsdp_tp", ["mesh.tensor=3"], "mesh sizes {'data': 1, 'fsdp': -1, 'tensor': 3} cannot fill 8 devices"),
         ("dp", ["train.batch_size=12"], "train.batch_size=12 is not divisible by the 8 data shards x 1 microbatches"),
         ("fsdp_tp", ["train.batch_size=8", "train.microbatches=4"], "not divisible by the 4 data shards x 4 micro"),
-        ("fsdp_tp", ["train.batch_size=8", "train.streams=4"], "4 data shards x 1 microbatches x 4 streams; pick a "
-         "multiple of 16"),
+        (
+            "fsdp_tp",
+            ["train.batch_size=8", "train.streams=4"],
+            "4 data shards x 1 microbatches x 4 streams; pick a multiple of 16",
+        ),
         ("fsdp", ["+mesh.rules.embed=pipeline"], "mesh.rules.embed='pipeline' names unknown mesh axes"),
     ],
 )
@@ -133,45 +124,19 @@ def test_run_rejects_mesh_larger_than_the_devices(tmp_path, corpus_dir):
     assert results["status"] == "failed" and "there are 1 devices" in results["error"]
 
 
-def test_mesh_group_files_compose():
-    for name, sizes in {"single": (1, 1, 1), "dp": (-1, 1, 1), "fsdp": (1, -1, 1), "fsdp_tp": (1, -1, 2)}.items():
-        m = to_config(compose([f"mesh={name}"])).mesh
-        assert (m.name, m.data, m.fsdp, m.tensor) == (name, *sizes)
-
-
-def test_rule_table_and_overrides():
-    # activations: the batch takes data and fsdp, so embed (fsdp for parameters) stays whole
-    assert sharding.logical_to_spec(("batch", "length", "embed"), sharding.DEFAULT_RULES) == P(
-        ("data", "fsdp"), None, None
-    )
-    rules = sharding.make_rules({"embed": None, "mlp": ["fsdp", "tensor"]})
-    assert sharding.logical_to_spec(("embed", "mlp"), rules) == P(None, ("fsdp", "tensor"))
-    # a mesh axis is used once per array: the second claimant is replicated
-    assert sharding.logical_to_spec(("vocab", "embed"), sharding.make_rules({"vocab": "fsdp"})) == P("fsdp", None)
-    assert sharding.DEFAULT_RULES["batch"] == ("data", "fsdp")
-
-
 # ------------------------------------------------------------------------------ attention path
-
-
-def test_cudnn_falls_back_loudly_once_and_records_the_path(caplog):
-    cfg = ModelConfig(name="t", n_layer=1, d_model=32, n_head=2, vocab_size=64, seq_len=16, attention_impl="cudnn")
-    select._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="research.ops.select"):
-        assert select.attention_impl(select.select(cfg, "cpu")) == "xla"
-        assert select.attention_impl(select.select(cfg, "cpu")) == "xla"
-    warnings = [r.getMessage() for r in caplog.records if "SLOW ATTENTION" in r.getMessage()]
-    assert len(warnings) == 1 and "not a CUDA GPU" in warnings[0]
-    # on a GPU with float32 compute the reason is the dtype (decided before anything compiles)
-    assert "compute_dtype=bfloat16" in select._cudnn_unavailable("gpu", "float32", 2, 16, 16, 0)
-    xla = ModelConfig(name="t", n_layer=1, d_model=32, n_head=2, vocab_size=64, seq_len=16)
-    assert select.attention_impl(select.select(xla, "cpu")) == "xla"
 
 
 def test_results_record_the_attention_path(tmp_path, corpus_dir):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(corpus_dir, tmp_path / "data", "model.attention_impl=cudnn", "train.steps=2",
-                               "train.eval_every=2", "train.checkpoint_every=2")  # fmt: skip
+    overrides = tiny_overrides(
+        corpus_dir,
+        tmp_path / "data",
+        "model.attention_impl=cudnn",
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+    )
     results = train_in_process(run_dir, overrides)
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and on_disk["attention_impl"] == "xla"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_overrides, train_in_process
 
 from research.config.schema import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 from research.cpu.streams import STREAM_MIN_TOKENS, auto_streams
@@ -45,10 +44,3 @@ def test_auto_streams_only_for_bf16_on_the_cpu_and_large_enough_sub_batches():
     for rows, seq in ((16, 256), (16, 128), (6, 512), (64, 64)):
         streams = auto_streams(rows, seq, "cpu", bf16)
         assert rows % streams == 0 and (streams == 1 or rows // streams * seq >= STREAM_MIN_TOKENS)
-
-
-def test_a_run_records_the_streams_it_used(tmp_path, corpus_dir):
-    results = train_in_process(tmp_path / "run", tiny_overrides(corpus_dir, tmp_path / "data", "train.streams=2",
-                                                                "train.steps=4", "train.eval_every=4"))  # fmt: skip
-    assert results["status"] == "completed" and results["streams"] == 2
-    assert results["config"]["train"]["streams"] == 2

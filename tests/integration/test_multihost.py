@@ -27,9 +27,14 @@ STEPS = 5
 
 def overrides(corpus, cache, *extra: str) -> list[str]:
     return tiny_overrides(
-        corpus, cache, f"train.steps={STEPS}", "train.log_every=1", f"train.eval_every={STEPS}",
-        f"train.checkpoint_every={STEPS}", *extra,
-    )  # fmt: skip
+        corpus,
+        cache,
+        f"train.steps={STEPS}",
+        "train.log_every=1",
+        f"train.eval_every={STEPS}",
+        f"train.checkpoint_every={STEPS}",
+        *extra,
+    )
 
 
 def free_port() -> int:
@@ -48,8 +53,12 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "SLURM_", "OMPI_"))}
     env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
-    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"),
-           *overrides(corpus_dir, cache, "mesh=dp"), f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        *overrides(corpus_dir, cache, "mesh=dp"),
+        f"hydra.run.dir={run_dir}",
+    ]
     procs = [
         subprocess.Popen(
             cmd,
@@ -58,7 +67,7 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outs = []
@@ -94,8 +103,10 @@ def test_launch_settings():
     assert distributed.launch_settings({"OMPI_COMM_WORLD_SIZE": "2"}) == {"cluster_detection_method": "ompi"}
     explicit = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
     assert distributed.launch_settings(explicit) == {
-        "coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1,
-    }  # fmt: skip
+        "coordinator_address": "10.0.0.1:1234",
+        "num_processes": 2,
+        "process_id": 1,
+    }
     assert distributed.launch_settings({"JAX_NUM_PROCESSES": "1"}) is None
     with pytest.raises(ConfigError, match="JAX_COORDINATOR_ADDRESS"):
         distributed.launch_settings({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -15,10 +14,10 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, tiny_overrides, train_in_process
+from helpers import checkpoint_steps, flip_byte, largest_file
 
 from research.checkpoint import Checkpointer, CheckpointError
 from research.errors import BadStepsError, ConfigError
@@ -33,8 +32,12 @@ def run_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def cli(run_dir: Path, corpus: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "experiments" / "train.py"), *run_overrides(corpus, cache, *extra),
-            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        *run_overrides(corpus, cache, *extra),
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -76,10 +79,6 @@ def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: flo
                 return max(logged)
         time.sleep(0.02)
     raise AssertionError(f"step {step} never logged")
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def tb_steps(run_dir: Path, tag: str = "train/loss") -> list[int]:
@@ -155,50 +154,8 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(reference, corpus_dir)
     assert tb_steps(run_dir) == list(range(5, STEPS + 1, 5))
 
 
-def test_second_signal_exits_at_once():
-    from research.train.signals import SignalFlag
-
-    def exit_now(code):  # the real one is os._exit
-        raise SystemExit(code)
-
-    before = signal.getsignal(signal.SIGTERM)
-    with SignalFlag(exit_now) as flag:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        assert flag.raised == signal.SIGINT  # first: noted, the loop saves at the next step boundary
-        with pytest.raises(SystemExit) as exit_:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
-        assert exit_.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_second_signal_really_exits_now():
-    script = (
-        "import os, signal, time\n"
-        "from research.train.signals import SignalFlag\n"
-        "with SignalFlag():\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
-        "print('still here')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 128 + signal.SIGTERM and "still here" not in out.stdout
-    assert "received SIGTERM again: exiting now" in out.stderr
-
-
 # ---------------------------------------------------------------------------------------------
 # Damaged checkpoints and disks
-
-
-def _flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _largest_file(folder: Path) -> Path:
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
 def test_corrupted_newest_checkpoint_falls_back_to_previous(reference, corpus_dir, caplog):
@@ -207,7 +164,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(reference, corpus_di
     base, ref_dir = reference
     run_dir = base / "damaged"
     shutil.copytree(ref_dir, run_dir)
-    _flip_byte(_largest_file(run_dir / "checkpoints" / "40" / "state"))
+    flip_byte(largest_file(run_dir / "checkpoints" / "40" / "state"))
     (run_dir / "checkpoints" / "50.orbax-checkpoint-tmp-1234").mkdir()
     with caplog.at_level(logging.INFO):
         train_in_process(run_dir, run_overrides(corpus_dir, base / "data"))
@@ -216,90 +173,6 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(reference, corpus_di
     assert [p.name.split("-")[0] for p in (run_dir / "checkpoints.damaged").iterdir()] == ["40"]
     assert not list((run_dir / "checkpoints").glob("*tmp*"))
     assert_same_run(ref_dir, run_dir)
-
-
-TOY = {"w": jnp.arange(20_000, dtype=jnp.float32), "b": jnp.ones((3,), jnp.bfloat16), "n": jnp.int32(7)}
-TOY_TARGET = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), TOY)
-
-
-def _toy_checkpoints(directory: Path, steps=(1, 2), keep: int = 2) -> Checkpointer:
-    ckpt = Checkpointer(directory, keep=keep)
-    for s in steps:
-        ckpt.save(s, jax.tree.map(lambda x, s=s: x + s, TOY), {"position": s}, {"note": "toy"})
-    ckpt.wait()
-    return ckpt
-
-
-DAMAGE = {
-    "flipped_byte": lambda d: _flip_byte(_largest_file(d / "state")),
-    "truncated_data": lambda d: (p := _largest_file(d / "state")).write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
-    "emptied_data": lambda d: _largest_file(d / "state").write_bytes(b""),
-    "lost_manifest": lambda d: (d / "state" / "manifest.ocdbt").unlink(),
-    "garbled_metadata": lambda d: (d / "meta" / "metadata").write_text("{not json"),
-    "lost_loader_state": lambda d: (d / "loader" / "metadata").unlink(),
-    "lost_state": lambda d: shutil.rmtree(d / "state"),
-}
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore's abandoned reads
-@pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damaged_step_is_reported_and_skipped(tmp_path, damage, caplog):
-    _toy_checkpoints(tmp_path / "checkpoints").close()
-    DAMAGE[damage](tmp_path / "checkpoints" / "2")
-    ckpt = Checkpointer(tmp_path / "checkpoints", keep=2)
-    with caplog.at_level(logging.WARNING):
-        step, state, loader_state, _ = ckpt.restore_latest(TOY_TARGET)
-    ckpt.close()
-    assert step == 1 and loader_state == {"position": 1} and float(state["w"][0]) == 1.0
-    assert "the checkpoint at step 2" in caplog.text and "damaged" in caplog.text
-
-
-def test_keeps_the_last_n(tmp_path):
-    ckpt = _toy_checkpoints(tmp_path / "checkpoints", steps=(1, 2, 3, 4, 5), keep=2)
-    ckpt.close()
-    assert checkpoint_steps(tmp_path) == [4, 5]
-
-
-DISK_FULL_SCRIPT = """
-import json, resource, signal, sys
-from pathlib import Path
-import jax, jax.numpy as jnp
-from research.checkpoint import Checkpointer, CheckpointError
-directory = Path(sys.argv[1])
-toy = {"w": jnp.arange(20_000, dtype=jnp.float32), "n": jnp.int32(7)}
-ckpt = Checkpointer(directory, keep=2)
-for s in (1, 2):
-    ckpt.save(s, jax.tree.map(lambda x: x + s, toy), {"position": s}, {})
-ckpt.wait()
-limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limit[1]))  # every file write past 4 KiB fails (EFBIG)
-try:
-    ckpt.save(3, jax.tree.map(lambda x: x + 3, toy), {"position": 3}, {}, wait=True)
-    message = None
-except CheckpointError as e:
-    message = str(e)
-resource.setrlimit(resource.RLIMIT_FSIZE, limit)
-target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), toy)
-step, state, loader_state, _ = ckpt.restore_latest(target)
-ckpt.close()
-print(json.dumps({"message": message, "restored": step, "w0": float(state["w"][0]), "loader": loader_state}))
-"""
-
-
-def test_disk_full_while_saving_keeps_previous_checkpoints(tmp_path):
-    """A real write failure in orbax's background writer (a file-size limit makes the data write
-    fail with EFBIG; in a subprocess so the limit touches nothing else): one sentence, and the
-    earlier checkpoints stay intact and restorable."""
-    out = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, str(tmp_path / "checkpoints")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    message = result["message"]
-    assert message and "could not write the checkpoint of step 3" in message and "File too large" in message
-    assert "(steps: 1, 2) are untouched" in message and message.count("\n") == 0
-    assert checkpoint_steps(tmp_path) == [1, 2] and not list((tmp_path / "checkpoints").glob("*tmp*"))
-    assert (result["restored"], result["w0"], result["loader"]) == (2, 2.0, {"position": 2})
 
 
 def test_disk_full_during_a_run_then_resume(reference, corpus_dir, monkeypatch):
@@ -338,8 +211,12 @@ def test_external_resume_needs_permission_and_then_continues_exactly(reference, 
     run_dir = base / "forked"
     with pytest.raises(ConfigError, match="outside the run directory .*set train.allow_external_resume=true"):
         train_in_process(run_dir, run_overrides(corpus_dir, base / "data", f"train.resume_from={source}"))
-    train_in_process(run_dir, run_overrides(corpus_dir, base / "data", f"train.resume_from={source.parent}",
-                                            "train.allow_external_resume=true"))  # fmt: skip
+    train_in_process(
+        run_dir,
+        run_overrides(
+            corpus_dir, base / "data", f"train.resume_from={source.parent}", "train.allow_external_resume=true"
+        ),
+    )
     step, a = final_state(ref_dir)
     _, b = final_state(run_dir)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
@@ -351,8 +228,16 @@ def test_external_resume_needs_permission_and_then_continues_exactly(reference, 
 
 
 def policy_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
-    return tiny_overrides(corpus, cache, "train.steps=20", "train.checkpoint_every=5", "train.eval_every=10",
-                          "train.keep_checkpoints=5", "train.spike_window=5", *extra)  # fmt: skip
+    return tiny_overrides(
+        corpus,
+        cache,
+        "train.steps=20",
+        "train.checkpoint_every=5",
+        "train.eval_every=10",
+        "train.keep_checkpoints=5",
+        "train.spike_window=5",
+        *extra,
+    )
 
 
 def test_bad_step_leaves_parameters_and_optimizer_state_unchanged(tmp_path, corpus_dir):
@@ -374,27 +259,10 @@ def test_bad_step_leaves_parameters_and_optimizer_state_unchanged(tmp_path, corp
         assert int(state.step) == n and int(m["nonfinite_steps"]) == n and int(m["guard_last_bad_step"]) == n
     state, m = step(state, tokens, np.float32(1.0))
     after = jax.device_get(state.params)
-    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(after), strict=True))
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before[0]), jax.tree.leaves(after), strict=True)
+    )
     assert int(m["guard_skipped"]) == 2 and int(m["guard_streak_step"]) == -1
-
-
-def test_guard_flags_spikes_against_running_statistics():
-    from research.train.guards import GuardConfig, guard_step, init_guard
-
-    cfg = GuardConfig(spike_factor=6.0, spike_window=10, max_bad_steps=2)
-    step_fn = jax.jit(lambda g, s, loss: guard_step(g, s, loss, jnp.float32(1.0), cfg))
-    g = init_guard()
-    rng = np.random.default_rng(0)
-    losses = list(3.0 + 0.05 * rng.standard_normal(30)) + [3.6, 3.0, 30.0, 3.0, float("nan"), float("nan")]
-    flags = []
-    for s, loss in enumerate(losses, start=1):
-        ok, g = step_fn(g, jnp.int32(s), jnp.float32(loss))
-        flags.append(bool(ok))
-    assert all(flags[:30]) and flags[30:34] == [False, True, False, True]  # 3.6 and 30 are > mean + 6 std
-    assert flags[34:] == [False, False]
-    assert (int(g.spikes), int(g.nonfinite), int(g.skipped)) == (2, 2, 4)
-    assert int(g.streak_step) == 36 and int(g.last_bad_step) == 36
-    assert abs(float(g.loss_mean) - 3.0) < 0.2  # spikes enter clipped: the statistics stay sane
 
 
 def _results(run_dir: Path) -> dict:
@@ -404,8 +272,12 @@ def _results(run_dir: Path) -> dict:
 def test_policy_skip_drops_the_bad_update_and_counts_it(tmp_path, corpus_dir, caplog):
     run_dir = tmp_path / "skip"
     with caplog.at_level(logging.WARNING):
-        train_in_process(run_dir, policy_overrides(corpus_dir, tmp_path / "data", "train.debug_poison_steps=[7]",
-                                                   "train.debug_poison_kind=inf"))  # fmt: skip
+        train_in_process(
+            run_dir,
+            policy_overrides(
+                corpus_dir, tmp_path / "data", "train.debug_poison_steps=[7]", "train.debug_poison_kind=inf"
+            ),
+        )
     assert "1 bad step(s) up to step 10, the last at step 7 (a non-finite loss or gradient, batch 7" in caplog.text
     r = _results(run_dir)
     assert r["status"] == "completed" and math.isfinite(r["final_train_loss"])
@@ -426,8 +298,12 @@ def _tb(run_dir: Path, tag: str):
 
 def test_policy_skip_catches_a_loss_spike(tmp_path, corpus_dir):
     run_dir = tmp_path / "spike"
-    train_in_process(run_dir, policy_overrides(corpus_dir, tmp_path / "data", "train.debug_poison_steps=[14]",
-                                               "train.debug_poison_kind=spike"))  # fmt: skip
+    train_in_process(
+        run_dir,
+        policy_overrides(
+            corpus_dir, tmp_path / "data", "train.debug_poison_steps=[14]", "train.debug_poison_kind=spike"
+        ),
+    )
     r = _results(run_dir)
     assert (r["nonfinite_steps"], r["spike_steps"], r["skipped_steps"]) == (0, 1, 1)
     assert r["status"] == "completed"
@@ -436,8 +312,12 @@ def test_policy_skip_catches_a_loss_spike(tmp_path, corpus_dir):
 def test_policy_rollback_restores_the_last_checkpoint_and_skips_the_batches(tmp_path, corpus_dir, caplog):
     run_dir = tmp_path / "rollback"
     with caplog.at_level(logging.WARNING):
-        train_in_process(run_dir, policy_overrides(corpus_dir, tmp_path / "data", "train.nan_policy=rollback",
-                                                   "train.debug_poison_steps=[12]"))  # fmt: skip
+        train_in_process(
+            run_dir,
+            policy_overrides(
+                corpus_dir, tmp_path / "data", "train.nan_policy=rollback", "train.debug_poison_steps=[12]"
+            ),
+        )
     assert "rolled back to the weights of step 10; the batches of steps 11..15 are skipped" in caplog.text
     r = _results(run_dir)
     assert r["status"] == "completed" and math.isfinite(r["final_train_loss"])
@@ -455,8 +335,12 @@ def test_policy_rollback_restores_the_last_checkpoint_and_skips_the_batches(tmp_
 def test_policy_stop_names_the_step_and_the_batch(tmp_path, corpus_dir):
     run_dir = tmp_path / "stop"
     with pytest.raises(BadStepsError) as err:
-        train_in_process(run_dir, policy_overrides(corpus_dir, tmp_path / "data", "train.nan_policy=stop",
-                                                   "train.debug_poison_steps=[6,7,8]"))  # fmt: skip
+        train_in_process(
+            run_dir,
+            policy_overrides(
+                corpus_dir, tmp_path / "data", "train.nan_policy=stop", "train.debug_poison_steps=[6,7,8]"
+            ),
+        )
     message = str(err.value)
     assert "3 consecutive bad steps ending at step 8" in message and "batch 8 of the train stream" in message
     assert "train.nan_policy=skip or rollback" in message and message.count("\n") == 0
@@ -464,22 +348,3 @@ def test_policy_stop_names_the_step_and_the_batch(tmp_path, corpus_dir):
     assert r["status"] == "failed" and r["error"] == message
     assert (r["nonfinite_steps"], r["skipped_steps"]) == (3, 3)
     assert checkpoint_steps(run_dir) == [5]  # nothing saved after the streak
-
-
-def test_fingerprint_on_the_host_matches_the_compiled_sums(monkeypatch):
-    """Small states are summed in numpy, large or sharded ones by a jitted pass: the same numbers."""
-    from research import checkpoint
-
-    k = jax.random.key(3)
-    tree = {
-        "f32": jax.random.normal(k, (5, 7, 3)), "bf16": jax.random.normal(k, (9, 4), jnp.bfloat16),
-        "i32": jnp.arange(11, dtype=jnp.int32) - 5, "u32": jax.random.key_data(k), "scalar": jnp.float32(-2.5),
-        "flag": jnp.array([True, False, True]),
-    }  # fmt: skip
-    host = checkpoint.fingerprint(tree)
-    monkeypatch.setattr(checkpoint, "HOST_FINGERPRINT_BYTES", -1)
-    assert checkpoint.fingerprint(tree) == host
-    swapped = {**tree, "f32": tree["f32"][::-1]}  # the same values, rows moved: the weighted sum changes
-    assert checkpoint.fingerprint(swapped) != host
-    monkeypatch.setattr(checkpoint, "HOST_FINGERPRINT_BYTES", 1 << 30)
-    assert checkpoint.fingerprint(swapped) != host

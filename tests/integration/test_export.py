@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from flax import nnx
-from test_model import TOKENS, params_of, randomized, tiny
+from models import TOKENS, params_of, randomized, tiny
 from tiny_run import tiny_run
 
 from research.errors import ExportError
@@ -31,14 +31,22 @@ def expected_layout(cfg, arch: str) -> dict[str, tuple[int, ...]]:
     out = {f"transformer.{emb[0]}.weight": (V, D), f"transformer.{emb[1]}.weight": (T, D)}
     for i in range(L):
         h = f"transformer.h.{i}"
-        out.update({
-            f"{h}.ln_1.weight": (D,), f"{h}.ln_1.bias": (D,),
-            f"{h}.attn.c_attn.weight": (D, 3 * D), f"{h}.attn.c_attn.bias": (3 * D,),
-            f"{h}.attn.c_proj.weight": (D, D), f"{h}.attn.c_proj.bias": (D,),
-            f"{h}.ln_2.weight": (D,), f"{h}.ln_2.bias": (D,),
-            f"{h}.mlp.c_fc.weight": (D, F), f"{h}.mlp.c_fc.bias": (F,),
-            f"{h}.mlp.c_proj.weight": (F, D), f"{h}.mlp.c_proj.bias": (D,),
-        })  # fmt: skip
+        out.update(
+            {
+                f"{h}.ln_1.weight": (D,),
+                f"{h}.ln_1.bias": (D,),
+                f"{h}.attn.c_attn.weight": (D, 3 * D),
+                f"{h}.attn.c_attn.bias": (3 * D,),
+                f"{h}.attn.c_proj.weight": (D, D),
+                f"{h}.attn.c_proj.bias": (D,),
+                f"{h}.ln_2.weight": (D,),
+                f"{h}.ln_2.bias": (D,),
+                f"{h}.mlp.c_fc.weight": (D, F),
+                f"{h}.mlp.c_fc.bias": (F,),
+                f"{h}.mlp.c_proj.weight": (F, D),
+                f"{h}.mlp.c_proj.bias": (D,),
+            }
+        )
     if arch == "gpt2":
         out.update({"transformer.ln_f.weight": (D,), "transformer.ln_f.bias": (D,)})
     if not cfg.tied_embeddings:
@@ -122,8 +130,9 @@ def hf_logits(out_dir, tokens: np.ndarray) -> np.ndarray:
 
 
 @needs_hf
-@pytest.mark.parametrize(("overrides", "cls"), [(GPT2, "GPT2LMHeadModel"), (GPT2_UNTIED, "GPT2LMHeadModel"),
-                                                (GPT1, "OpenAIGPTLMHeadModel")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "cls"), [(GPT2, "GPT2LMHeadModel"), (GPT2_UNTIED, "GPT2LMHeadModel"), (GPT1, "OpenAIGPTLMHeadModel")]
+)
 def test_logit_parity_with_transformers(tmp_path, overrides, cls):
     from transformers import AutoConfig
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "analysis" / "notebooks" / "scaling_laws.ipynb"
 REFERENCE = ROOT.parent / "shared/reference/chinchilla_epoch_240.csv"
 

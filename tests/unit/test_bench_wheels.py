@@ -12,7 +12,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "sentencepiece", "tensorboard", "matplotlib")
 NOT_IN_IMAGE = ("hydra-core", "grain")
 BUILT_HERE = {"antlr4-python3-runtime"}  # no wheel on PyPI: `pip wheel` builds it (see the Makefile)

@@ -15,7 +15,7 @@ import pytest
 
 from analysis import fit_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAW = {"E": 2.0, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
 SIZES = [1e5, 2e5, 4e5, 8e5, 1.6e6]
 BUDGETS = [1e13, 3e13, 1e14]

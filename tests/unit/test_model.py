@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_flops import ALL_MODELS, model_config
+from models import ALL_MODELS, TOKENS, model_config, params_of, randomized, tiny
 
 from research.config.derived import layer_period
 from research.config.schema import ModelConfig
@@ -21,32 +21,6 @@ from research.ops import select
 from research.parallel.rules import DEFAULT_RULES, logical_to_spec
 
 LOGICAL = set(DEFAULT_RULES) | {None}
-
-
-def tiny(**overrides) -> ModelConfig:
-    base = dict(name="tiny", n_layer=2, d_model=32, n_head=4, vocab_size=61, seq_len=16, local_window=4)
-    return ModelConfig(**{**base, **overrides})
-
-
-def params_of(model: nnx.Module) -> dict:
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def randomized(cfg: ModelConfig, seed: int = 0) -> GPT:
-    """A model with random values everywhere (biases and LayerNorm too, so the reference test sees
-    them), filled from numpy into a shape-only model: no init ops to compile, which keeps the CPU
-    tests fast. Same seed and same structure -> same weights. The kernels are those a run on this platform
-    selects (research/ops/select.py)."""
-    model = abstract_model(cfg, kernels=select.select(cfg, jax.default_backend()))
-    rng = np.random.default_rng(seed)
-    state = nnx.state(model, nnx.Param)
-    pure = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), x.dtype), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    return model
-
-
-TOKENS = np.random.default_rng(1).integers(0, 61, size=(2, 16))
 
 
 # ------------------------------------------------------------------------------ counts and names
@@ -261,7 +235,7 @@ def test_bfloat16():
 
 def test_cudnn_off_gpu_falls_back_to_xla():
     # cuDNN needs a GPU and bf16: elsewhere the kernels chosen are the xla ones (blocked on the CPU), with one
-    # warning (see tests/test_sharding.py for the warning and the run's record of the path).
+    # warning (see tests/unit/test_select.py for the warning and the run's record of the path).
     for cfg in (tiny(attention_impl="cudnn"), tiny(attention_impl="cudnn", compute_dtype="bfloat16")):
         kernels = select.select(cfg, "cpu")
         assert kernels.attention == "blocked" and abstract_model(cfg, kernels=kernels).blocks[0].attn.kernels == kernels

@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from models import ALL_MODELS, ROOT, model_config
 
-from research.config.hydra import register_configs
 from research.config.schema import ModelConfig
 from research.flops import device_peak_flops, flops_per_token, mfu, param_counts
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "conf" / "model"
 
 EXACT = {  # GPT-1 paper / Hugging Face checkpoints
     "gpt1": 116_534_784,
@@ -35,18 +30,6 @@ GPT3_TABLE = {  # GPT-3 Table 2.1: params, n_layer, d_model, n_head, d_head, bat
     "gpt3_175b": (175e9, 96, 12288, 96, 128, 3200000, 0.6e-4),
 }
 NANO = ["nano_xs", "nano_s", "nano_m", "nano_l", "nano_xl", "nano_xxl"]
-ALL_MODELS = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
-
-
-def model_config(name: str) -> ModelConfig:
-    """Compose conf/model/<name>.yaml through Hydra, so the YAML files themselves are tested."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return OmegaConf.to_object(compose(config_name=f"model/{name}").model)
 
 
 def test_every_named_config_exists():

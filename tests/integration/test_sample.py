@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from flax import nnx
-from test_model import randomized, tiny
+from models import randomized, tiny
 from tiny_run import tiny_run
 
 from research.inference.sampling import Generator, filter_logits, generate_full
@@ -21,9 +21,13 @@ TOKENS = np.random.default_rng(1).integers(0, 61, size=(2, 16))
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"norm": "post", "final_norm": False}, {"attention": "alternating", "scan_layers": True},
-     {"tied_embeddings": False, "vocab_pad_multiple": 8}, {"compute_dtype": "bfloat16"}],
-)  # fmt: skip
+    [
+        {"norm": "post", "final_norm": False},
+        {"attention": "alternating", "scan_layers": True},
+        {"tied_embeddings": False, "vocab_pad_multiple": 8},
+        {"compute_dtype": "bfloat16"},
+    ],
+)
 def test_decode_equals_forward(overrides):
     """Prefill 5 positions, then one position at a time: the logits of the full forward pass, for GPT-1
     (post-LN), GPT-3 (banded local layers, here under scan_layers), an untied padded head and bf16 compute
@@ -84,8 +88,10 @@ def test_filter_logits_top_k_top_p():
     assert kept(t=1.0, k=4, p=0.8).tolist() == [True, True, True, False, False]
     assert kept(t=1.0, k=0, p=1.0).all()
     key = jax.random.key(0)
-    draws = [int(jax.random.categorical(jax.random.fold_in(key, i), filter_logits(logits, 1.0, 3, 1.0))[0])
-             for i in range(50)]  # fmt: skip
+    draws = [
+        int(jax.random.categorical(jax.random.fold_in(key, i), filter_logits(logits, 1.0, 3, 1.0))[0])
+        for i in range(50)
+    ]
     assert set(draws) <= {0, 1, 2} and len(set(draws)) > 1
 
 
@@ -96,8 +102,13 @@ def test_sample_cli_on_a_trained_run(tmp_path_factory, corpus_dir, capsys):
 
     run_dir = tiny_run(tmp_path_factory, corpus_dir)
     args = [f"run={run_dir}", "prompt=ROMEO:", "max_new_tokens=40", "seed=5", "top_k=50"]
-    first = subprocess.run([sys.executable, str(ROOT / "experiments" / "sample.py"), *args],
-                           cwd=ROOT, capture_output=True, text=True, timeout=180)  # fmt: skip
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "sample.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("ROMEO:") and len(first.stdout) > len("ROMEO:\n")
     assert "step 20" in first.stderr and "tokens/s" in first.stderr

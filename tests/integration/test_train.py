@@ -82,8 +82,13 @@ def test_same_seed_same_losses_different_seed_differs(tmp_path, corpus_dir, trai
 def test_entry_point_writes_run_dir(tmp_path, corpus_dir):
     """The Hydra entry point itself: hydra.run.dir places the run, .hydra/ and train.log land there."""
     run_dir = tmp_path / "cli_run"
-    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), *tiny_overrides(corpus_dir, tmp_path / "data"),
-           "train.steps=6", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        *tiny_overrides(corpus_dir, tmp_path / "data"),
+        "train.steps=6",
+        f"hydra.run.dir={run_dir}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
@@ -94,11 +99,25 @@ def test_entry_point_writes_run_dir(tmp_path, corpus_dir):
 
 def test_bad_setting_exits_with_one_sentence(tmp_path, corpus_dir):
     run_dir = tmp_path / "bad"
-    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), *tiny_overrides(corpus_dir, tmp_path / "data"),
-           "model.n_head=3", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "train.py"),
+        *tiny_overrides(corpus_dir, tmp_path / "data"),
+        "model.n_head=3",
+        f"hydra.run.dir={run_dir}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "model.d_model=32 is not divisible by model.n_head=3" in out.stderr
     assert "Traceback" not in out.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and "model.n_head=3" in results["error"]
+
+
+def test_a_run_records_the_streams_it_used(tmp_path, corpus_dir):
+    results = train_in_process(
+        tmp_path / "run",
+        tiny_overrides(corpus_dir, tmp_path / "data", "train.streams=2", "train.steps=4", "train.eval_every=4"),
+    )
+    assert results["status"] == "completed" and results["streams"] == 2
+    assert results["config"]["train"]["streams"] == 2

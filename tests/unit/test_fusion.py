@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_model import randomized, tiny
+from models import randomized, tiny
 
 from research.ops.fusion import materialize_cotangent
 

@@ -74,9 +74,16 @@ def test_gpt2_small_fsdp_bf16_shards():
 
 def test_gpt3_175b_hand_computed_and_fits():
     p = plan_of(
-        "model=gpt3_175b", "mesh=fsdp", "plan.devices=1024", "train=gpu", "train.batch_size=1024",
-        "model.compute_dtype=bfloat16", "model.remat=full", "plan.device=H100", "plan.mfu=0.5",
-    )  # fmt: skip
+        "model=gpt3_175b",
+        "mesh=fsdp",
+        "plan.devices=1024",
+        "train=gpu",
+        "train.batch_size=1024",
+        "model.compute_dtype=bfloat16",
+        "model.remat=full",
+        "plan.device=H100",
+        "plan.mfu=0.5",
+    )
     N = gpt_params(96, 12288, 50257, 2048)
     assert p["params"] == N == 174_604_259_328
     assert p["flops_per_token"] == 6 * (N - 2048 * 12288) + 12 * 96 * 96 * 128 * 2048
@@ -95,8 +102,11 @@ def test_gpt3_175b_hand_computed_and_fits():
 
 
 def test_chinchilla_fit_closed_form(tmp_path):
-    fit = {"law": "chinchilla", "params": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
-           "columns": {"N": "params_nonembed"}}  # fmt: skip
+    fit = {
+        "law": "chinchilla",
+        "params": {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+        "columns": {"N": "params_nonembed"},
+    }
     path = tmp_path / "fit.json"
     path.write_text(json.dumps(fit))
     p = plan_of("model=gpt2_small", "train.tokens=1000000000", f"plan.fit={path}")
@@ -125,9 +135,13 @@ def test_plan_errors_are_one_sentence():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"scan_layers": True}, {"attention": "alternating", "scan_layers": True, "n_layer": 4},
-     {"tied_embeddings": False, "vocab_pad_multiple": 8, "final_norm": False, "norm": "post"}],
-)  # fmt: skip
+    [
+        {},
+        {"scan_layers": True},
+        {"attention": "alternating", "scan_layers": True, "n_layer": 4},
+        {"tied_embeddings": False, "vocab_pad_multiple": 8, "final_norm": False, "norm": "post"},
+    ],
+)
 def test_param_shapes_match_the_model(overrides):
     from flax import nnx
 
@@ -166,8 +180,18 @@ def test_plan_cli_gpt3_175b_fsdp():
     )
     text = run("model=gpt3_175b", "mesh=fsdp")
     assert text.returncode == 0, text.stderr
-    for piece in ("174,604,259,328", "rule of thumb", "349.21 GB", "weights", "gradients", "optimizer", "activations",
-                  "does NOT fit", "fits from", "time:"):  # fmt: skip
+    for piece in (
+        "174,604,259,328",
+        "rule of thumb",
+        "349.21 GB",
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "does NOT fit",
+        "fits from",
+        "time:",
+    ):
         assert piece in text.stdout, piece
     js = run("model=gpt3_175b", "mesh=fsdp", "plan.devices=1024", "output=json")
     assert js.returncode == 0, js.stderr
