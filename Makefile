@@ -19,7 +19,7 @@ RUNTIME ?= $(PY) -m research.cpu.runtime --
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data train sweep test lint bench bench-wheels bench-fit plan tensorboard clean
+.PHONY: setup data train sweep test test-unit lint format bench bench-wheels bench-fit plan tensorboard clean
 
 setup: $(STAMP)
 
@@ -45,11 +45,23 @@ sweep: data
 		--out $(SWEEP_DIR)/fit $(FIT_ARGS)
 	$(PY) -m research.sweep report $(SWEEP_DIR)
 
+# The suite: tests/unit (modules on their own, seconds each) then tests/integration (tiny runs, faults, sweeps,
+# multihost). `make test-unit` runs the first alone.
 test: data
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit tests/integration $(PYTEST_ARGS)
 
+test-unit: data
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# ruff's linter and its formatter (enforced: CI runs `make lint`; `make format` rewrites).
+LINTED := research analysis experiments tests scripts
 lint: setup
-	$(VENV)/bin/ruff check research analysis experiments tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: setup
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 plan: setup
 	$(PY) experiments/plan.py $(ARGS)

@@ -1,7 +1,7 @@
 """Scaling-law analysis: read sweep records or CSVs, fit laws robustly, bootstrap, plot.
 
 Imports nothing from the training code (research/, experiments/): it reads only the records whose
-format DESIGN.md fixes (results.json, metrics.jsonl, summary.csv) and plain CSV files.
+format docs/architecture.md fixes (results.json, metrics.jsonl, summary.csv) and plain CSV files.
 """
 
 from analysis.api import ALL_LAWS, fit_source

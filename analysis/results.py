@@ -1,4 +1,4 @@
-"""Reading run records (results.json, metrics.jsonl, summary.csv; see DESIGN.md "Records") and plain CSVs.
+"""Reading run records (results.json, metrics.jsonl, summary.csv; see docs/architecture.md "Records") and plain CSVs.
 
 Everything a fit reads goes through here, so malformed input fails in one place with one clear sentence.
 """
@@ -17,7 +17,7 @@ import numpy as np
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.csv"
-# Column order of summary.csv: the DESIGN.md field order first, then any other scalar fields.
+# Column order of summary.csv: the results.json field order first, then any other scalar fields.
 SUMMARY_FIELDS = (
     "run_dir",
     "status",

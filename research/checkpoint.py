@@ -276,7 +276,7 @@ def _leaf_sums_host(x: np.ndarray) -> list[int]:
     return [int(rows.sum(dtype=np.uint32)), int((rows * weight).sum(dtype=np.uint32))]
 
 
-HOST_FINGERPRINT_BYTES = 64 << 20  # below this a state is summed on the host: compiling the sums costs ~0.5 s
+HOST_FINGERPRINT_BYTES = 64 << 20  # below this a state is summed on the host: no compile for small states
 
 
 def fingerprint(tree: Any) -> list[list[int]]:

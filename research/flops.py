@@ -19,20 +19,20 @@ from research.config.derived import d_ff, d_head, padded_vocab
 from research.config.schema import ModelConfig
 
 
-def param_counts(m: ModelConfig) -> dict[str, int]:
-    D, L, F, V, T = m.d_model, m.n_layer, d_ff(m), m.vocab_size, m.seq_len
-    A = m.n_head * d_head(m)  # attention inner width (n_head x d_head; may differ from d_model)
+def param_counts(model: ModelConfig) -> dict[str, int]:
+    D, L, F, V, T = model.d_model, model.n_layer, d_ff(model), model.vocab_size, model.seq_len
+    A = model.n_head * d_head(model)  # attention inner width (n_head x d_head; may differ from d_model)
     attn = D * 3 * A + 3 * A + A * D + D  # fused qkv kernel + bias, output projection + bias
     mlp = D * F + F + F * D + D
     norms = 2 * 2 * D  # two LayerNorms (scale, bias) per block
     per_layer = attn + mlp + norms
     params_tok = V * D
     params_pos = T * D
-    params_head = 0 if m.tied_embeddings else D * V
-    final = 2 * D if m.final_norm else 0
+    params_head = 0 if model.tied_embeddings else D * V
+    final = 2 * D if model.final_norm else 0
     params = params_tok + params_pos + params_head + L * per_layer + final
     params_embed = params_tok + params_pos + params_head
-    pad_rows = padded_vocab(m) - V
+    pad_rows = padded_vocab(model) - V
     return {
         "params": params,
         "params_embed": params_embed,
@@ -40,15 +40,15 @@ def param_counts(m: ModelConfig) -> dict[str, int]:
         "params_pos": params_pos,
         "params_per_layer": per_layer,
         # as allocated in memory: includes the vocab padding rows (and columns of an untied head)
-        "params_allocated": params + pad_rows * D * (1 if m.tied_embeddings else 2),
+        "params_allocated": params + pad_rows * D * (1 if model.tied_embeddings else 2),
     }
 
 
-def flops_per_token(m: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
+def flops_per_token(model: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
     """Training FLOPs per token (forward + backward) in both conventions; seq_len = the window."""
-    seq_len = m.seq_len if seq_len is None else seq_len
-    c = param_counts(m)
-    attn = 12 * m.n_layer * m.n_head * d_head(m) * seq_len
+    seq_len = model.seq_len if seq_len is None else seq_len
+    c = param_counts(model)
+    attn = 12 * model.n_layer * model.n_head * d_head(model) * seq_len
     return {
         "flops_per_token_6n": 6 * c["params_nonembed"],
         "flops_per_token": 6 * (c["params"] - c["params_pos"]) + attn,
@@ -112,13 +112,13 @@ def mfu(tokens_per_second: float, flops_per_token: float, peak: float | None) ->
     return tokens_per_second * flops_per_token / peak
 
 
-def summary(m: ModelConfig, seq_len: int | None = None) -> dict[str, Any]:
+def summary(model: ModelConfig, seq_len: int | None = None) -> dict[str, Any]:
     """Everything plan.py prints: counts and FLOPs per token for one model config."""
-    seq_len = m.seq_len if seq_len is None else seq_len
-    out: dict[str, Any] = {"model": m.name, "seq_len": seq_len}
-    out.update(param_counts(m))
-    out.update(flops_per_token(m, seq_len))
-    if m.paper_params:
-        out["paper_params"] = m.paper_params
-        out["params_vs_paper"] = out["params"] / m.paper_params - 1.0
+    seq_len = model.seq_len if seq_len is None else seq_len
+    out: dict[str, Any] = {"model": model.name, "seq_len": seq_len}
+    out.update(param_counts(model))
+    out.update(flops_per_token(model, seq_len))
+    if model.paper_params:
+        out["paper_params"] = model.paper_params
+        out["params_vs_paper"] = out["params"] / model.paper_params - 1.0
     return out

@@ -35,11 +35,11 @@ def device_memory_gb(device_kind: str) -> float | None:
     return None
 
 
-def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple[str | None, ...]]]:
+def param_shapes(model: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple[str | None, ...]]]:
     """(path, shape, logical axis names) of every parameter, as research/model.py allocates them
     (vocab padding included; scan_layers stacks each block position along a leading 'layers' axis)."""
-    D, N, H, F, T = m.d_model, m.n_head, d_head(m), d_ff(m), m.seq_len
-    Vp = padded_vocab(m)
+    D, N, H, F, T = model.d_model, model.n_head, d_head(model), d_ff(model), model.seq_len
+    Vp = padded_vocab(model)
     block = [
         ("ln1.scale", (D,), ("norm",)), ("ln1.bias", (D,), ("norm",)),
         ("attn.qkv_kernel", (D, 3, N, H), ("embed", None, "heads", "head_dim")),
@@ -53,17 +53,17 @@ def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple[str |
         ("wte", (Vp, D), ("vocab", "embed")),
         ("wpe", (T, D), ("length", "embed")),
     ]
-    if m.scan_layers:
-        period = layer_period(m)
+    if model.scan_layers:
+        period = layer_period(model)
         for p in range(period):
             for name, shape, names in block:
-                out.append((f"layers.blocks.{p}.{name}", (m.n_layer // period, *shape), ("layers", *names)))
+                out.append((f"layers.blocks.{p}.{name}", (model.n_layer // period, *shape), ("layers", *names)))
     else:
-        for i in range(m.n_layer):
+        for i in range(model.n_layer):
             out.extend((f"blocks.{i}.{name}", shape, names) for name, shape, names in block)
-    if m.final_norm:
+    if model.final_norm:
         out += [("ln_f.scale", (D,), ("norm",)), ("ln_f.bias", (D,), ("norm",))]
-    if not m.tied_embeddings:
+    if not model.tied_embeddings:
         out.append(("head", (D, Vp), ("embed", "vocab")))
     return out
 
@@ -88,7 +88,7 @@ def _local_size(
 
 
 def memory_estimate(
-    m: ModelConfig,
+    model: ModelConfig,
     *,
     batch_size: int,
     seq_len: int | None = None,
@@ -109,11 +109,11 @@ def memory_estimate(
                  probabilities; remat=dots_saveable keeps only matmul outputs, remat=full only each
                  block's input, both plus one layer recomputed; then the logits (float32) twice.
     """
-    seq_len = m.seq_len if seq_len is None else seq_len
+    seq_len = model.seq_len if seq_len is None else seq_len
     mesh_shape = dict(mesh_shape or {"data": 1, "fsdp": 1, "tensor": 1})
     rules = make_rules(rules)
-    pb, cb = DTYPE_BYTES[m.param_dtype], DTYPE_BYTES[m.compute_dtype]
-    shapes = param_shapes(m)
+    pb, cb = DTYPE_BYTES[model.param_dtype], DTYPE_BYTES[model.compute_dtype]
+    shapes = param_shapes(model)
     local = sum(_local_size(s, n, mesh_shape, rules) for _, s, n in shapes)
     total = sum(math.prod(s) for _, s, _ in shapes)
 
@@ -125,12 +125,12 @@ def memory_estimate(
     gathered = layer_gathered if layer_local < layer_gathered else 0
 
     weights = pb * local
-    compute = (cb * local if m.compute_dtype != m.param_dtype else 0) + cb * gathered
+    compute = (cb * local if model.compute_dtype != model.param_dtype else 0) + cb * gathered
     grads = pb * local * (2 if microbatches > 1 else 1)
     optimizer = 2 * pb * local
 
     b = math.ceil(batch_size / microbatches)
-    activations = _activations(m, b, seq_len, mesh_shape, rules)
+    activations = _activations(model, b, seq_len, mesh_shape, rules)
     fixed = weights + compute + grads + optimizer
     return {
         "weights_bf16_bytes": 2 * total,  # the rule of thumb: 2 bytes x every parameter, unsharded
@@ -141,16 +141,16 @@ def memory_estimate(
         "compute_gathered_layer_bytes": cb * gathered,  # the FSDP part of compute_weights_bytes
         "grads_bytes": grads,
         "optimizer_bytes": optimizer,
-        "activations_bytes": activations[m.remat],
-        "total_bytes": fixed + activations[m.remat],
+        "activations_bytes": activations[model.remat],
+        "total_bytes": fixed + activations[model.remat],
         "activations_bytes_by_remat": activations,
         "total_bytes_by_remat": {k: fixed + v for k, v in activations.items()},
         "dtypes": {
-            "weights": m.param_dtype,
-            "compute": m.compute_dtype,
-            "grads": m.param_dtype,
-            "optimizer": m.param_dtype,
-            "activations": f"{m.compute_dtype} (residual stream and logits float32)",
+            "weights": model.param_dtype,
+            "compute": model.compute_dtype,
+            "grads": model.param_dtype,
+            "optimizer": model.param_dtype,
+            "activations": f"{model.compute_dtype} (residual stream and logits float32)",
         },
     }
 

@@ -32,7 +32,7 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     """Time `steps` train steps of the config's programs after `warmup` untimed ones (cfg.train.steps covers
     both, plus one); every step is timed to completion."""
     p = build(cfg)
-    m, train, b = cfg.model, cfg.train, p.budget
+    model, train, b = cfg.model, cfg.train, p.budget
     t0 = time.perf_counter()
     state = p.init_state(train.seed)
     jax.block_until_ready(state)
@@ -40,7 +40,8 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     rng = np.random.default_rng(0)
     shape = (train.batch_size, b.seq_len + 1)
     tokens = [
-        jax.device_put(rng.integers(0, m.vocab_size, size=shape, dtype=np.int32), p.batch_sharding) for _ in range(2)
+        jax.device_put(rng.integers(0, model.vocab_size, size=shape, dtype=np.int32), p.batch_sharding)
+        for _ in range(2)
     ]
     t0 = time.perf_counter()
     compiled = p.train_step.lower(state, tokens[0]).compile()  # traces in the mesh context the step was made in
@@ -59,26 +60,26 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     step_s = float(np.median(times))
     tps = train.batch_size * b.seq_len / step_s
     kind = jax.devices()[0].device_kind
-    peak = flops.device_peak_flops(kind, m.compute_dtype, jax.device_count())
+    peak = flops.device_peak_flops(kind, model.compute_dtype, jax.device_count())
     out: dict[str, Any] = {
-        "model": m.name,
+        "model": model.name,
         "mesh": describe(p.mesh),
         "batch": train.batch_size,
         "seq_len": b.seq_len,
         "microbatches": train.microbatches,
         "streams": p.streams,
-        "compute_dtype": m.compute_dtype,
-        "param_dtype": m.param_dtype,
-        "attention_requested": m.attention_impl,
+        "compute_dtype": model.compute_dtype,
+        "param_dtype": model.param_dtype,
+        "attention_requested": model.attention_impl,
         "attention_impl": p.record()["attention_impl"],
         "kernels": p.kernels.record(),
-        "remat": m.remat,
-        "scan_layers": m.scan_layers,
+        "remat": model.remat,
+        "scan_layers": model.scan_layers,
         "params": b.params,
-        "n_layer": m.n_layer,
-        "d_model": m.d_model,
-        "n_head": m.n_head,
-        "d_head": d_head(m),
+        "n_layer": model.n_layer,
+        "d_model": model.d_model,
+        "n_head": model.n_head,
+        "d_head": d_head(model),
         "device": kind,
         "platform": jax.devices()[0].platform,
         "n_devices": jax.device_count(),
@@ -92,7 +93,7 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
         "loss": float(metrics["loss"]),
         "peak_flops": peak,
     }
-    fpt = flops.flops_per_token(m, b.seq_len)
+    fpt = flops.flops_per_token(model, b.seq_len)
     for conv, key in (("model", "flops_per_token"), ("6n", "flops_per_token_6n")):
         out[f"flops_per_token_{conv}"] = fpt[key]
         out[f"tflops_{conv}"] = tps * fpt[key] / 1e12

@@ -1,7 +1,8 @@
 """The benchmark's report: the figures of one case as text, next to PyTorch on the same CPU.
 
 PyTorch is measured by scripts/torch_reference.py right after each nanogpt_bench case with this process's
-allocator: this machine's speed drifts by up to 1.6x, so the fair ratio is the one taken in the same minute.
+allocator: this machine's speed drifts (docs/performance.md), so the fair ratio is the one taken in the same
+minute.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PYTORCH_CPU_TOKENS_PER_S = {"nanogpt_bench_s": 15_900, "nanogpt_bench_m": 2_100}
 
 def pytorch_now(model: str, steps: int) -> dict[str, Any] | None:
     """scripts/torch_reference.py for a nanogpt_bench shape, run now with this process's allocator (LD_PRELOAD):
-    this machine's speed drifts by up to 1.6x, so the fair ratio is the one taken in the same minute."""
+    the ratio is fair only within the same minute."""
     shape = {"nanogpt_bench_s": "s", "nanogpt_bench_m": "m"}.get(model)
     if shape is None or importlib.util.find_spec("torch") is None:
         return None
@@ -40,7 +41,7 @@ def pytorch_now(model: str, steps: int) -> dict[str, Any] | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16: XLA's CPU kernels then run bf16 matmuls at about twice the float32 rate."""
+    """AVX512-BF16 or AMX-BF16: XLA's CPU kernels then run bf16 matmuls faster than float32 ones."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -1,9 +1,9 @@
 """CPU runtime settings for training, sweeps and benchmarks: the allocator and the XLA CPU flags.
 
-Measured on the 2-core CPU (docs/performance.md): with glibc malloc, XLA's CPU runtime takes 120k-390k
-page faults per train step (a fifth of the step's CPU time in the kernel); tcmalloc removes them, worth
-1.2x-1.45x tokens/s on the nanoGPT benchmark shapes. No XLA flag measured better than the defaults of this
-jaxlib, so none is added by default; the mechanism stays for the ones that will (RESEARCH_XLA_CPU_FLAGS).
+With glibc malloc, XLA's CPU runtime page-faults on every train step; tcmalloc removes those faults (what
+it is worth on the benchmark shapes: docs/performance.md, "allocator"). No XLA flag has measured better than
+the defaults of this jaxlib, so none is added by default; the mechanism stays for the ones that will
+(RESEARCH_XLA_CPU_FLAGS).
 
 The allocator has to be in place before the process starts (LD_PRELOAD), so the Makefile runs the
 entry points through this module's launcher, which sets the environment and execs the command:
@@ -28,13 +28,10 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-# XLA CPU flags the launcher adds (each measured in docs/performance.md before it goes in). None today:
-# with jaxlib 0.10.2 the oneDNN dot fusion (--xla_cpu_use_onednn=true
-# --xla_cpu_experimental_onednn_fusion_type=dot) measured the same as the default matmul path and aborts
-# the process (SIGILL, "partition compile failed") on any jit with two chained matmuls, e.g. our eval step
-# at seq_len 64; --xla_cpu_prefer_vector_width=512, the schedulers and fast min/max measured the same too,
-# the YNNPACK fusions (--xla_cpu_experimental_ynn_fusion_type) 1.6x slower. An unknown flag aborts every
-# process at start-up, another reason to add one only with a jaxlib that has it.
+# XLA CPU flags the launcher adds, each measured in docs/performance.md before it goes in: none today (the
+# flags tried and why each was dropped are listed there; the oneDNN dot fusion also aborts the process on a
+# jit with two chained matmuls). An unknown flag aborts every process at start-up, another reason to add one
+# only with a jaxlib that has it.
 DEFAULT_XLA_CPU_FLAGS: tuple[str, ...] = ()
 
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")

@@ -35,50 +35,50 @@ TOKENIZER_FILE = "tokenizer.model"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def architecture(m: ModelConfig) -> str:
+def architecture(model: ModelConfig) -> str:
     """'gpt2' or 'openai-gpt'; raises ExportError when no Hugging Face class computes this model."""
-    if m.attention != "dense":
+    if model.attention != "dense":
         raise ExportError(
-            f"model.attention={m.attention} (GPT-3's alternating dense / locally banded layers) has no Hugging Face "
+            f"model.attention={model.attention} (GPT-3's alternating dense / locally banded layers) has no Hugging Face "
             "equivalent, so this run cannot be exported; only model.attention=dense runs can."
         )
-    if m.n_head * d_head(m) != m.d_model:
+    if model.n_head * d_head(model) != model.d_model:
         raise ExportError(
-            f"model.n_head x model.d_head = {m.n_head * d_head(m)} differs from model.d_model={m.d_model}, which "
+            f"model.n_head x model.d_head = {model.n_head * d_head(model)} differs from model.d_model={model.d_model}, which "
             "Hugging Face GPT models cannot express; only runs with d_head = d_model / n_head can be exported."
         )
-    if m.activation not in ("gelu", "relu"):
-        raise ExportError(f"model.activation={m.activation} has no Hugging Face GPT equivalent.")
-    if m.norm == "pre" and m.final_norm:
+    if model.activation not in ("gelu", "relu"):
+        raise ExportError(f"model.activation={model.activation} has no Hugging Face GPT equivalent.")
+    if model.norm == "pre" and model.final_norm:
         return "gpt2"
-    if m.norm == "post" and not m.final_norm:
-        if d_ff(m) != 4 * m.d_model:
+    if model.norm == "post" and not model.final_norm:
+        if d_ff(model) != 4 * model.d_model:
             raise ExportError(
-                f"model.d_ff={d_ff(m)} is not 4 x d_model, which OpenAIGPTLMHeadModel (GPT-1) cannot express; "
+                f"model.d_ff={d_ff(model)} is not 4 x d_model, which OpenAIGPTLMHeadModel (GPT-1) cannot express; "
                 "only GPT-1 runs with the default d_ff can be exported."
             )
         return "openai-gpt"
     raise ExportError(
-        f"model.norm={m.norm} with model.final_norm={m.final_norm} matches neither GPT-2 (pre-LN with a final "
+        f"model.norm={model.norm} with model.final_norm={model.final_norm} matches neither GPT-2 (pre-LN with a final "
         "LayerNorm) nor GPT-1 (post-LN without one), so Hugging Face has no class for it."
     )
 
 
-def hf_config(m: ModelConfig, *, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, Any]:
+def hf_config(model: ModelConfig, *, bos_id: int | None = None, eos_id: int | None = None) -> dict[str, Any]:
     """config.json for GPT2LMHeadModel or OpenAIGPTLMHeadModel (dropout 0: our runs train without it)."""
-    arch = architecture(m)
+    arch = architecture(model)
     common: dict[str, Any] = {
-        "vocab_size": m.vocab_size,
-        "n_positions": m.seq_len,
-        "n_embd": m.d_model,
-        "n_layer": m.n_layer,
-        "n_head": m.n_head,
+        "vocab_size": model.vocab_size,
+        "n_positions": model.seq_len,
+        "n_embd": model.d_model,
+        "n_layer": model.n_layer,
+        "n_head": model.n_head,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
-        "layer_norm_epsilon": m.layer_norm_eps,
-        "initializer_range": m.init_std,
-        "tie_word_embeddings": bool(m.tied_embeddings),
+        "layer_norm_epsilon": model.layer_norm_eps,
+        "initializer_range": model.init_std,
+        "tie_word_embeddings": bool(model.tied_embeddings),
         "torch_dtype": "float32",
     }
     # explicit nulls: GPT2Config would otherwise default both to 50256, outside a small vocabulary
@@ -89,10 +89,10 @@ def hf_config(m: ModelConfig, *, bos_id: int | None = None, eos_id: int | None =
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
             **common,
-            "n_ctx": m.seq_len,
-            "n_inner": d_ff(m),
+            "n_ctx": model.seq_len,
+            "n_inner": d_ff(model),
             # "gelu_new" is the tanh approximation (our GELU); plain "gelu" would be the erf form.
-            "activation_function": "gelu_new" if m.activation == "gelu" else "relu",
+            "activation_function": "gelu_new" if model.activation == "gelu" else "relu",
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
@@ -103,7 +103,7 @@ def hf_config(m: ModelConfig, *, bos_id: int | None = None, eos_id: int | None =
         "architectures": ["OpenAIGPTLMHeadModel"],
         "model_type": "openai-gpt",
         **common,
-        "afn": "gelu" if m.activation == "gelu" else "relu",
+        "afn": "gelu" if model.activation == "gelu" else "relu",
     }
 
 
@@ -112,14 +112,14 @@ def _get(tree: dict, key: Any) -> Any:
     return tree[key] if key in tree else tree[str(key) if isinstance(key, int) else int(key)]
 
 
-def layer_params(m: ModelConfig, pure: dict) -> list[dict]:
+def layer_params(model: ModelConfig, pure: dict) -> list[dict]:
     """Per-layer nested dicts of numpy arrays, for both the plain (blocks.i) and the scanned
     (layers.blocks.p with a leading group axis) parameter layouts."""
     if "layers" in pure:
         period = len(pure["layers"]["blocks"])
         groups = [_get(pure["layers"]["blocks"], p) for p in range(period)]
-        return [_index(groups[i % period], i // period) for i in range(m.n_layer)]
-    return [_get(pure["blocks"], i) for i in range(m.n_layer)]
+        return [_index(groups[i % period], i // period) for i in range(model.n_layer)]
+    return [_get(pure["blocks"], i) for i in range(model.n_layer)]
 
 
 def _index(tree: Any, i: int) -> Any:
@@ -128,18 +128,18 @@ def _index(tree: Any, i: int) -> Any:
     return tree[i]
 
 
-def hf_tensors(m: ModelConfig, pure: dict) -> dict[str, np.ndarray]:
+def hf_tensors(model: ModelConfig, pure: dict) -> dict[str, np.ndarray]:
     """Our parameters (nnx.to_pure_dict of the model's nnx.Param state) under the Hugging Face names."""
-    arch = architecture(m)
+    arch = architecture(model)
     f32 = lambda x: np.ascontiguousarray(np.asarray(x, dtype=np.float32))  # noqa: E731
-    D, V = m.d_model, m.vocab_size
+    D, V = model.d_model, model.vocab_size
     wte = f32(pure["wte"])[:V]  # drop vocab padding rows
     if arch == "gpt2":
         out = {"transformer.wte.weight": wte, "transformer.wpe.weight": f32(pure["wpe"])}
     else:
         out = {"transformer.tokens_embed.weight": wte, "transformer.positions_embed.weight": f32(pure["wpe"])}
     # Same block names for both: our ln1 / ln2 are HF's ln_1 / ln_2 (GPT-1: after attention / after the MLP).
-    for i, layer in enumerate(layer_params(m, pure)):
+    for i, layer in enumerate(layer_params(model, pure)):
         attn, mlp = layer["attn"], layer["mlp"]
         h = f"transformer.h.{i}"
         out[f"{h}.ln_1.weight"] = f32(layer["ln1"]["scale"])
@@ -157,7 +157,7 @@ def hf_tensors(m: ModelConfig, pure: dict) -> dict[str, np.ndarray]:
     if arch == "gpt2":
         out["transformer.ln_f.weight"] = f32(pure["ln_f"]["scale"])
         out["transformer.ln_f.bias"] = f32(pure["ln_f"]["bias"])
-    if not m.tied_embeddings:
+    if not model.tied_embeddings:
         out["lm_head.weight"] = np.ascontiguousarray(f32(pure["head"])[:, :V].T)  # [D, V] -> [V, D]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 

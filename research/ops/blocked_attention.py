@@ -75,7 +75,7 @@ def _forward(q_GTH, k_GTH, v_GTH, window, block):
 def _contract_rows(a_GRX: jax.Array, b_GRY: jax.Array) -> jax.Array:
     """A^T B per leading index, contracting the rows R (the second-to-last axis of both): dQ from keys-major
     dS, dK and dV from queries-major P and dS. Written as a contraction over two axes (the rows split in
-    halves), which XLA's CPU compiler turns into one transpose and a fast matmul, about 2x the plain einsum
+    halves), which XLA's CPU compiler turns into one transpose and a fast matmul, faster than the plain einsum
     (docs/performance.md)."""
     *G, R, X = a_GRX.shape
     if R % 2:

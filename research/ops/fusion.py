@@ -4,7 +4,7 @@ XLA's CPU fusion copies chains of cheap elementwise ops into every consumer rath
 chain's result to memory. In a transformer's backward pass the residual stream's gradient is such a
 chain: every block adds its LayerNorm-backward terms to it, so without a break each consumer (the cast
 for a matmul, a bias-gradient sum, the next LayerNorm backward) recomputes it from the top of the model:
-fusions of up to 84 operands in nanogpt_bench_s, growing with depth. A division counts as expensive and
+fusions that grow with depth (docs/performance.md, section 10). A division counts as expensive and
 is never duplicated, so the gradient divided by (1 + 0 * g), which is exact for finite values, is written
 once (docs/performance.md, section 10). jax.lax.optimization_barrier cannot do this: the CPU pipeline
 removes it before fusion.

@@ -1,4 +1,4 @@
-"""End to end through the CLI: a fake sweep directory in the DESIGN.md record format is read, summarised
+"""End to end through the CLI: a fake sweep directory in the record format of docs/architecture.md is read, summarised
 and fitted by `python -m analysis` in a subprocess; the reference CSV fit writes the published numbers."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _loss(n: float, d: np.ndarray | float) -> np.ndarray:
 
 
 def make_sweep(root: Path) -> Path:
-    """An IsoFLOP sweep of 15 completed runs (records as DESIGN.md fixes them), one failed, one killed."""
+    """An IsoFLOP sweep of 15 completed runs (records as docs/architecture.md fixes them), one failed, one killed."""
     rng = np.random.default_rng(0)
     sweep = root / "runs" / "fake_sweep"
     for c in BUDGETS:
