@@ -39,16 +39,16 @@ RESULT_FIELDS = (
 # Settings that may change between a run and its resumption without changing what it computes
 # (or that the user must be able to change to get past a failure: the bad-step policy).
 RESUME_HARMLESS = frozenset({
-    "output", "data.cache_dir", "train.progress", "train.log_every", "train.eval_every", "train.eval_batches",
+    "data.cache_dir", "train.progress", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.device_peak_flops",
     "train.nan_policy", "train.max_bad_steps", "train.max_rollbacks", "train.spike_factor", "train.spike_window",
     "train.resume_from", "train.allow_external_resume", "train.experiment", "train.run_name", "train.debug_step_delay",
 })  # fmt: skip
-# plan.* never affects training; sweep.* only picks a member (its shape, budget, rules): the resolved model,
-# data, optim and train settings say what it computes, so a completed member differing only in sweep.* (a
-# re-centred grid, a longer ladder, another law) is kept.
-NEVER_COMPARED = ("plan.",)
-COMPLETED_IGNORES = ("plan.", "sweep.")
+# Sections of the composed config that never change what a run computes: output (plan.py's format), plan.*
+# (the planner's settings) and sweep.* (what picks a member: its shape, budget and rules; the resolved
+# model, data, optim and train settings say what it computes, so a member differing only in sweep.* -- a
+# re-centred grid, a longer ladder, another law -- is the same run).
+NOT_COMPUTED = ("output", "plan.", "sweep.")
 
 
 def git_sha() -> str | None:
@@ -170,7 +170,7 @@ def existing_run(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None
     prior = read_results(run_dir)
     if not prior or prior.get("status") != "completed" or not isinstance(prior.get("config"), dict):
         return None
-    diffs = config_differences(prior["config"], config, ignore=COMPLETED_IGNORES)
+    diffs = config_differences(prior["config"], config)
     if not diffs:
         return prior
     raise ConfigError(
@@ -187,7 +187,7 @@ def refuse_other_run(run_dir: Path, config: dict[str, Any]) -> None:
     has_progress = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     if not (has_progress or (run_dir / "metrics.jsonl").exists() or old.get("status") == "completed"):
         return  # an attempt that never trained (e.g. a bad setting): nothing to protect
-    diffs = config_differences(old["config"], config, ignore=NEVER_COMPARED)
+    diffs = config_differences(old["config"], config)
     if diffs:
         raise ConfigError(
             f"the run directory {run_dir} holds a run with a different config ({_shown(diffs)}); choose another "
@@ -195,13 +195,13 @@ def refuse_other_run(run_dir: Path, config: dict[str, Any]) -> None:
         )
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = NEVER_COMPARED) -> list[str]:
-    """'key: old -> new' for settings present in both that differ, ignoring RESUME_HARMLESS and `ignore`."""
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for settings present in both that differ, ignoring RESUME_HARMLESS and NOT_COMPUTED."""
     a, b = _flatten(old), _flatten(new)
     return [
         f"{k}: {a[k]!r} -> {b[k]!r}"
         for k in sorted(a.keys() & b.keys())
-        if k not in RESUME_HARMLESS and not k.startswith(ignore) and a[k] != b[k]
+        if k not in RESUME_HARMLESS and not k.startswith(NOT_COMPUTED) and a[k] != b[k]
     ]
 
 
