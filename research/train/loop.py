@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from research import data as data_lib
 from research import flops
-from research.budget import Budget
+from research.budget import Budget, budget
 from research.checkpoint import Checkpointer
 from research.config.schema import Config
 from research.config.validate import validate
@@ -115,6 +115,7 @@ class Session:
 def _train(cfg: Config, run_dir: Path, record: records.RunRecord, is_main: bool, on_compiled: Any) -> None:
     t0 = time.time()
     validate(cfg, n_devices=jax.device_count())
+    record.update(**budget(cfg).record())  # in the record even if the data or the programs fail below
     resume_source = preflight.resume_source(cfg.train, run_dir)
     ds = _open_data(cfg)
     s = _open_session(cfg, run_dir, record, ds, resume_source, on_compiled)
@@ -162,7 +163,7 @@ def _open_session(
     train = cfg.train
     p = programs.build(cfg)
     b = p.budget
-    record.update(**b.record(), **p.record())
+    record.update(**p.record())
     compile_started = time.perf_counter()  # timed apart from the rest of start-up
     init, train_step, eval_step = p.compile()
     record.update(compile_seconds=round(time.perf_counter() - compile_started, 3))
