@@ -37,13 +37,14 @@ train: data
 	$(RUNTIME) $(PY) experiments/train.py $(ARGS)
 
 # The sweep (conf/experiment/$(EXPERIMENT).yaml) as a Hydra multirun into runs/$(EXPERIMENT)/, then the
-# fit of the experiment's law (sweep.law; LAW= overrides) with its figures into runs/$(EXPERIMENT)/fit/.
-# Finished members are skipped, interrupted ones resume, failed ones rerun.
+# fit of the experiment's law (sweep.law and sweep.fit_args; LAW= overrides the law) with its figures into
+# runs/$(EXPERIMENT)/fit/, then the report. Finished members are skipped, interrupted ones resume, failed ones
+# rerun. A fit the data cannot support is refused (the report says why) and `make sweep` exits non-zero.
 sweep: data
 	$(RUNTIME) $(PY) experiments/train.py -m +experiment=$(EXPERIMENT) $(ARGS)
-	$(PY) -m analysis fit $(SWEEP_DIR) --law $(or $(LAW),$$($(PY) -m research.sweep law $(EXPERIMENT))) \
-		--out $(SWEEP_DIR)/fit $(FIT_ARGS)
-	$(PY) -m research.sweep report $(SWEEP_DIR)
+	fit=0; $(PY) -m analysis fit $(SWEEP_DIR) --law $(or $(LAW),$$($(PY) -m research.sweep law $(EXPERIMENT))) \
+		$$($(PY) -m research.sweep fit-args $(EXPERIMENT)) --out $(SWEEP_DIR)/fit $(FIT_ARGS) || fit=$$?; \
+		$(PY) -m research.sweep report $(SWEEP_DIR) && exit $$fit
 
 # The suite: tests/unit (modules on their own, seconds each) then tests/integration (tiny runs, faults, sweeps,
 # multihost). `make test-unit` runs the first alone.

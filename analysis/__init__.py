@@ -5,11 +5,13 @@ format docs/architecture.md fixes (results.json, metrics.jsonl, summary.csv) and
 """
 
 from analysis.api import ALL_LAWS, fit_source
-from analysis.approaches import ExtrapolationWarning, envelope, envelope_from_points, frontier, isoflop, select_points
+from analysis.approaches import ExtrapolationWarning, envelope, envelope_from_points, isoflop
 from analysis.fit import fit_law, summarize_samples
 from analysis.laws import Law, chinchilla, chinchilla_derived, get_law, kaplan_nd, power_law
+from analysis.points import Points, load_points
 from analysis.predict import predict_holdout
-from analysis.results import AnalysisError, Points, load_curves, load_points, read_results, write_summary
+from analysis.results import AnalysisError, load_curves, read_results, write_summary
+from analysis.selection import frontier, select, select_points
 
 __all__ = [
     "ALL_LAWS",
@@ -32,6 +34,7 @@ __all__ = [
     "power_law",
     "predict_holdout",
     "read_results",
+    "select",
     "select_points",
     "summarize_samples",
     "write_summary",

@@ -70,11 +70,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="isoflop: runs whose log10 C differ by less than this share a budget",
     )
     fit.add_argument("--no-plots", action="store_true", help="write fit.json only")
+    fit.add_argument("--min-compute", type=float, metavar="FLOP", help="leave out points below this compute")
+    fit.add_argument("--max-compute", type=float, metavar="FLOP", help="leave out points above this compute")
+    fit.add_argument(
+        "--tpp-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="keep points with LO <= D/N <= HI tokens per parameter",
+    )
+    fit.add_argument("--budgets", type=float, nargs="+", metavar="FLOP", help="keep only these compute budgets")
+    fit.add_argument("--exclude", nargs="+", metavar="RUN", help="leave out these runs (names as summary.csv has them)")
+    fit.add_argument(
+        "--isoflop-window",
+        type=float,
+        metavar="LOG_N",
+        help="isoflop: fit each parabola within this distance (natural log of N) of its minimum",
+    )
+    fit.add_argument(
+        "--keep-edge-minima",
+        action="store_true",
+        help="isoflop: keep minima outside their sampled sizes in N_opt(C) (left out by default)",
+    )
+    fit.add_argument(
+        "--force",
+        action="store_true",
+        help="fit even what the validity checks refuse; fit.json and figures say valid: false",
+    )
     summ = sub.add_parser("summary", help="print the sweep table and write SWEEP_DIR/summary.csv")
     summ.add_argument("sweep_dir")
     bench = sub.add_parser("bench", help="time the full grid + bootstrap on the reference data")
     bench.add_argument("--bootstrap", type=int, default=4000)
-    bench.add_argument("--csv", help="data to time on (default ../shared/reference/chinchilla_epoch_240.csv)")
+    bench.add_argument("--csv", help="data to time on (default analysis/reference/chinchilla_epoch_240.csv)")
     return parser
 
 
@@ -112,22 +139,33 @@ def _fit(args: argparse.Namespace) -> int:
             irreducible=args.irreducible,
             budget_tolerance=args.budget_tolerance,
             plots=not args.no_plots,
+            min_compute=args.min_compute,
+            max_compute=args.max_compute,
+            tpp_range=tuple(args.tpp_range) if args.tpp_range else None,
+            budgets=args.budgets,
+            exclude=args.exclude,
+            isoflop_window=args.isoflop_window,
+            keep_edge_minima=args.keep_edge_minima,
+            force=args.force,
         )
     print(f"{result['law']}: {result['formula']}  ({result['n_points']} points from {result['source']})")
+    if not result["valid"]:
+        print("  INVALID (--force): " + " | ".join(result["reasons"]))
     for name, value in result["params"].items():
         se = result["stderr"].get(name)
         print(f"  {name:>8} = {value:.6g}" + (f"  +- {se:.3g}" if se is not None else ""))
     for name, value in result["derived"].items():
         if value is not None and (name in ("a", "b") or name.startswith("tokens_per_param")):
             print(f"  {name} = {value:.4g}")
-    pred = result.get("prediction")
-    if pred:
-        for row in pred["points"]:
-            label = row.get("run") or f"C = {row['C']:.3g} FLOP"
-            print(
-                f"  held out {label}: predicted {row['predicted']:.4g}, actual "
-                f"{row['actual']:.4g} ({row['relative_error']:+.2%})"
-            )
+    for row in result.get("holdout") or []:
+        lo, hi = row["interval"]
+        inside = "inside" if row["inside_interval"] else "OUTSIDE"
+        print(
+            f"  held out {row['name']}: predicted {row['predicted']:.4g} [{lo:.4g}, {hi:.4g}], measured "
+            f"{row['measured']:.4g} ({row['error_pct']:+.2f}%, {inside} its interval)"
+        )
+    if result.get("summary"):
+        print(f"  {result['summary']}")
     for run in result.get("failed_runs", []):
         print(f"  skipped run {run.get('run_dir')} (status {run.get('status')})")
     for note in result.get("warnings", []):

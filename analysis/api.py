@@ -1,4 +1,9 @@
-"""fit_source: one call from a sweep directory or CSV to fit.json and figures (what the CLI and Makefile use)."""
+"""fit_source: one call from a sweep directory or CSV to fit.json and figures (what the CLI and Makefile use).
+
+A fit the selected data cannot support is refused: AnalysisError with the first reason (each names its cause
+and fix) and a fit.json that says `"valid": false` with every reason and no parameters. With force=True the
+fit is made anyway and fit.json and every figure carry the reasons.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import approaches, laws
-from analysis.approaches import SELECTION, select_points
-from analysis.fit import LawFit, fit_law, summarize_samples
-from analysis.predict import law_logx, predict_holdout, predict_isoflop
-from analysis.results import AnalysisError, Points, load_curves, load_points
+from analysis import laws
+from analysis.allocation_fit import fit_allocation
+from analysis.loss_fit import fit_loss_law
+from analysis.points import load_points
+from analysis.results import AnalysisError
+from analysis.selection import select
+from analysis.story import headline
 
 ALL_LAWS = ("kaplan_n", "kaplan_c", "kaplan_d", "kaplan_nd", "chinchilla", "isoflop", "envelope")
 DEFAULT_COMPUTE = (5.88e23,)  # Chinchilla's training compute, where the paper quotes ~20 tokens/parameter
@@ -37,216 +44,102 @@ def fit_source(
     budget_tolerance: float = 0.05,
     level: float = 0.95,
     plots: bool = True,
+    min_compute: float | None = None,
+    max_compute: float | None = None,
+    tpp_range: tuple[float, float] | None = None,
+    budgets: list[float] | None = None,
+    exclude: list[str] | None = None,
+    isoflop_window: float | None = None,
+    keep_edge_minima: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Fit `law` to a sweep directory or CSV; write out_dir/fit.json and PNG figures when out_dir is given.
+    """Fit `law` to a sweep directory, summary.csv or CSV; write out_dir/fit.json and figures when out_dir is given.
 
     Returns the fit.json content. Laws: kaplan_n, kaplan_c, kaplan_d (L(X) = (X_c/X)^alpha, or
     E + A/X^alpha with irreducible=True), kaplan_nd, chinchilla (L = E + A/N^alpha + B/D^beta),
-    isoflop and envelope (Chinchilla approaches 2 and 1). With holdout_largest=k the k largest-compute
-    points (IsoFLOP: budgets) are left out of a second fit whose predictions for them are checked.
+    isoflop and envelope (Chinchilla approaches 2 and 1). With holdout_largest=k the k largest compute
+    budgets are left out of a second fit whose predictions for them are checked.
     """
     if law not in ALL_LAWS:
         raise AnalysisError(f"unknown law {law!r}; choose one of {', '.join(ALL_LAWS)}.")
     if bootstrap < 0 or holdout_largest < 0:
         raise AnalysisError("--bootstrap and --holdout-largest must be zero or positive.")
     cols = {"n_column": n_column, "d_column": d_column, "c_column": c_column, "loss_column": loss_column}
-    compute = [float(c) for c in compute]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if law in ("isoflop", "envelope"):
-            result, figs = _fit_allocation(
-                Path(source), law, cols, bootstrap, seed, holdout_largest, compute, budget_tolerance, level
-            )
-        else:
-            result, figs = _fit_loss_law(
-                Path(source), law, cols, bootstrap, seed, holdout_largest, compute, huber_delta, irreducible, level
-            )
-    # Every warning once, in fit.json and to the caller, keeping its category (e.g. ExtrapolationWarning).
-    notes: dict[str, type[Warning]] = {}
-    for w in caught:
-        notes.setdefault(str(w.message), w.category)
-    for note in result.get("warnings", []):
-        notes.setdefault(note, UserWarning)
-    result["warnings"] = list(notes)
-    for note, category in notes.items():
-        warnings.warn(note, category, stacklevel=2)
+    opts = dict(
+        bootstrap=bootstrap,
+        seed=seed,
+        holdout_largest=holdout_largest,
+        huber_delta=huber_delta,
+        compute=[float(c) for c in compute],
+        irreducible=irreducible,
+        budget_tolerance=budget_tolerance,
+        level=level,
+        isoflop_window=isoflop_window,
+        keep_edge_minima=keep_edge_minima,
+        columns=cols,
+    )
+    chosen = dict(
+        min_compute=min_compute,
+        max_compute=max_compute,
+        tpp_range=tpp_range,
+        budgets=budgets,
+        exclude=exclude,
+        tol_dex=budget_tolerance,
+    )
+    result, figs, reasons = _fit(Path(source), law, cols, opts, chosen)
+    result.update(valid=not reasons, reasons=reasons, forced=bool(reasons and force))
+    result["summary"] = headline(result) if not reasons else None
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if plots:
-            from analysis import plots as plotting  # matplotlib only when figures are wanted
-
-            result["figures"] = plotting.make_figures(figs, out)
-        (out / "fit.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+        _write(result, figs, Path(out_dir), reasons, force, plots, opts["compute"])
+    if reasons and not force:
+        raise AnalysisError(f"{reasons[0].rstrip('.')}; --force fits anyway (marked invalid).")
     return _jsonable(result)
 
 
-def _fit_loss_law(
-    source: Path,
-    name: str,
-    cols: dict,
-    bootstrap: int,
-    seed: int,
-    holdout: int,
-    compute: list[float],
-    delta: float,
-    irreducible: bool,
-    level: float,
-) -> tuple[dict, dict]:
-    law = laws.get_law(name, irreducible)
-    points = load_points(source, **cols, need=law.variables)
-    used = select_points(points, name)
-    _check_count(law, len(used), points.source)
-    fit = fit_law(law, law_logx(law, used), used.loss, delta=delta, bootstrap=bootstrap, seed=seed)
-    result = _law_result(fit, used, points, name, compute, level)
-    figs = {"kind": "loss_law", "law": law, "fit": fit, "points": used, "all_points": points, "derived": None}
-    if name == "chinchilla":
-        figs["derived"] = _chinchilla_curve(fit, used)
-    if holdout > 0:
-        result["prediction"], figs["prediction"] = predict_holdout(
-            points, name, law, holdout, bootstrap, seed, delta, level
-        )
-    return result, figs
-
-
-def _check_count(law: laws.Law, n: int, source: str) -> None:
-    if n <= law.n_params:
-        raise AnalysisError(
-            f"law {law.name} has {law.n_params} parameters but {source} gives only {n} usable "
-            f"points; a fit needs at least {law.n_params + 1}."
-        )
-
-
-def _law_result(fit: LawFit, used: Points, points: Points, name: str, compute: list[float], level: float) -> dict:
-    law = fit.law
-    samples = fit.boot_params()
-    derived, boot_derived = {}, {}
-    if name == "chinchilla":
-        derived = {
-            k: float(v)
-            for k, v in laws.chinchilla_derived({k: np.array(v) for k, v in fit.params.items()}, compute).items()
-        }
-        boot_derived = laws.chinchilla_derived(samples, compute) if samples else {}
-    stderr, intervals = summarize_samples({**samples, **boot_derived}, level)
-    return {
-        "law": name,
-        "formula": law.formula,
-        "source": points.source,
-        "n_points": len(used),
-        "n_rows": len(points),
-        "data_selection": SELECTION.get(name, "all points"),
-        "columns": points.columns,
-        "params": fit.params,
-        "stderr": stderr,
-        "intervals": intervals,
-        "interval_level": level,
-        "objective": {
-            "loss": "huber",
-            "delta": fit.delta,
-            "reduction": "sum over points",
-            "residual": "log L_pred - log L, L_pred via log-sum-exp",
-            "value": fit.objective,
-        },
-        "derived": derived,
-        "compute": compute,
-        "fit": {
-            "optimizer": "batched L-BFGS (numpy, Armijo backtracking, memory 10)",
-            "n_starts": fit.n_starts,
-            "n_converged": fit.n_converged,
-            "selection": "lowest objective among converged starts",
-            "start_grid": law.grid_axes,
-            "theta": dict(zip(law.theta_names, map(float, fit.theta), strict=True)),
-            "seconds": round(fit.seconds, 3),
-        },
-        "bootstrap": fit.boot_info or None,
-        "prediction": None,
-        "failed_runs": points.failed,
-        "warnings": list(fit.warnings),
-    }
-
-
-def _chinchilla_curve(fit: LawFit, used: Points) -> dict:
-    """N_opt, D_opt and L_opt along a compute range with bootstrap bands, for the allocation figures."""
-    c = np.geomspace(used.get("C").min(), used.get("C").max() * 10, 60)
-    curve = {"C": c, **laws.chinchilla_allocation(fit.params, c)}
-    samples = fit.boot_params()
-    if samples:
-        boot = laws.chinchilla_allocation({k: v[:, None] for k, v in samples.items()}, c[None, :])
-        for q in ("N_opt", "D_opt", "loss_opt"):
-            curve[f"{q}_band"] = np.nanpercentile(boot[q], [2.5, 97.5], axis=0)
-    return curve
-
-
-def _fit_allocation(
-    source: Path,
-    name: str,
-    cols: dict,
-    bootstrap: int,
-    seed: int,
-    holdout: int,
-    compute: list[float],
-    tol: float,
-    level: float,
-) -> tuple[dict, dict]:
-    failed: list[dict] = []
-    if name == "envelope" and holdout:
-        raise AnalysisError("--holdout-largest applies to the loss laws and isoflop, not to envelope; drop it.")
-    if name == "envelope" and source.is_dir():
-        curves, failed = load_curves(source, cols["n_column"])
-        alloc = approaches.envelope(curves, bootstrap=bootstrap, seed=seed)
-        n_rows, columns = len(curves), {"N": cols["n_column"] or "params_nonembed", "C": "flops", "loss": "loss"}
-    else:
-        points = load_points(source, **cols, need=("N", "C"))
-        failed, n_rows, columns = points.failed, len(points), points.columns
-        if name == "envelope":
-            alloc = approaches.envelope_from_points(points, bootstrap=bootstrap, seed=seed)
+def _fit(source: Path, law: str, cols: dict, opts: dict, chosen: dict) -> tuple[dict, dict, list[str]]:
+    """Read and select the points, fit the law; every warning raised on the way lands in result["warnings"]."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if law == "envelope" and source.is_dir() and not any(v for k, v in chosen.items() if k != "tol_dex"):
+            points = None  # per-step records (metrics.jsonl) of every run
         else:
-            alloc = approaches.isoflop(points, tol_dex=tol, bootstrap=bootstrap, seed=seed)
-    params = alloc.params
-    derived = {k: float(v) for k, v in approaches.allocation_derived(params, compute).items()}
-    boot = {**alloc.boot, **approaches.allocation_derived(alloc.boot, compute)} if alloc.boot else {}
-    stderr, intervals = summarize_samples(boot, level)
-    budgets = [
-        {"C": float(c), "N_opt": float(n), "D_opt": float(d), "loss_opt": float(lo)}
-        for c, n, d, lo in zip(alloc.C, alloc.n_opt, alloc.d_opt, alloc.loss_opt, strict=True)
-    ]
-    for row, g in zip(budgets, alloc.groups, strict=False):
-        row.update({"n_points": len(g.loss), "vertex_inside_sampled_sizes": g.inside})
-    result = {
-        "law": name,
-        "formula": "N_opt = k_N C^a, D_opt = k_D C^b (least squares in log-log)",
-        "source": str(source),
-        "n_points": len(alloc.C),
-        "n_rows": n_rows,
-        "columns": columns,
-        "data_selection": alloc.records if name == "isoflop" else f"loss envelope over budgets, from {alloc.records}",
-        "params": params,
-        "stderr": stderr,
-        "intervals": intervals,
-        "interval_level": level,
-        "objective": {"loss": "sum of squared log residuals of N_opt", "value": alloc.rss},
-        "derived": derived,
-        "compute": compute,
-        "budgets": budgets,
-        "fit": {"budget_tolerance_dex": tol} if name == "isoflop" else {},
-        "bootstrap": {
-            "n": bootstrap,
-            "seed": seed,
-            "n_converged": len(alloc.boot.get("a", [])),
-            "resampling": "points within each IsoFLOP profile" if name == "isoflop" else "envelope points",
-        }
-        if bootstrap
-        else None,
-        "prediction": None,
-        "failed_runs": failed,
-        "warnings": list(alloc.warnings),
-    }
-    figs = {"kind": "allocation", "alloc": alloc}
-    if holdout:
-        result["prediction"], figs["prediction"] = predict_isoflop(
-            source, cols, alloc, holdout, bootstrap, seed, tol, level
-        )
-    return result, figs
+            need = (
+                laws.get_law(law, opts["irreducible"]).variables if law not in ("isoflop", "envelope") else ("N", "C")
+            )
+            points = select(load_points(source, **cols, need=need), **chosen)
+        if law in ("isoflop", "envelope"):
+            result, figs, reasons = fit_allocation(source, points, law, opts)
+        else:
+            result, figs, reasons = fit_loss_law(points, law, opts)
+    result["warnings"] = _warnings(caught, result.get("warnings", []), points)
+    return result, figs, reasons
+
+
+def _write(result: dict, figs: dict, out: Path, reasons: list[str], force: bool, plots: bool, compute: list) -> None:
+    """fit.json and the figures; a refused fit leaves only its reasons (no parameters, no figures)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if reasons and not force:
+        refused = {k: result[k] for k in ("law", "formula", "source", "n_points", "valid", "reasons", "warnings")}
+        (out / "fit.json").write_text(json.dumps(_jsonable({**refused, "refused": True}), indent=2) + "\n")
+        return
+    if plots:
+        from analysis import plots as plotting  # matplotlib only when figures are wanted
+
+        result["figures"] = plotting.make_figures(figs, out, reasons, compute)
+        result["figures_pdf"] = [name.replace(".png", ".pdf") for name in result["figures"]]
+    (out / "fit.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+
+
+def _warnings(caught: list, own: list[str], points) -> list[str]:
+    """Every warning once, in fit.json and to the caller, keeping its category (e.g. ExtrapolationWarning)."""
+    notes: dict[str, type[Warning]] = {}
+    for w in caught:
+        notes.setdefault(str(w.message), w.category)
+    for note in [*own, *(points.notes if points is not None else [])]:
+        notes.setdefault(note, UserWarning)
+    for note, category in notes.items():
+        warnings.warn(note, category, stacklevel=3)
+    return list(notes)
 
 
 def _jsonable(obj: object) -> object:

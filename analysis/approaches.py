@@ -2,8 +2,10 @@
 
 Approach 3 (the parametric L(N, D) fit) lives in fit.py / laws.py; its allocation is laws.chinchilla_allocation.
 Both approaches here end the same way: points (C, N_opt) fitted by a line in log-log, so
-N_opt = k_N C^a and D_opt = k_D C^b, bootstrapped for standard errors and intervals. The compute frontier
-and the point selection of Kaplan's one-variable laws live here too.
+N_opt = k_N C^a and D_opt = k_D C^b, bootstrapped for standard errors and intervals; the loss at the optimum
+gets its own line, L_opt = k_L C^-gamma. An IsoFLOP minimum outside its budget's sampled sizes is an
+extrapolation: it is listed and left out of N_opt(C) (unless keep_edge_minima), in the point estimate and the
+bootstrap alike.
 """
 
 from __future__ import annotations
@@ -13,13 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.results import AnalysisError, Curve, Points
-
-SELECTION = {
-    "kaplan_n": "lowest loss at each model size N (L(N) is the loss of a size trained on ample data)",
-    "kaplan_d": "lowest loss at each token count D (L(D) is the loss of ample model size)",
-    "kaplan_c": "the compute frontier: points with lower loss than every point of smaller compute",
-}
+from analysis.points import Points
+from analysis.results import AnalysisError, Curve
+from analysis.selection import frontier
 
 _VERTEX_SLACK = np.log(10.0)  # bootstrap vertices further than this (in log N) outside the data are dropped
 
@@ -39,7 +37,9 @@ class IsoGroup:
     coef: np.ndarray | None = None  # (c2, c1, c0) of loss = c2 x^2 + c1 x + c0, x = log N
     log_n_opt: float = float("nan")
     loss_opt: float = float("nan")
-    inside: bool = True
+    inside: bool = True  # the vertex lies within the sampled sizes
+    used: bool = True  # the vertex enters N_opt(C) (inside, or kept with keep_edge_minima)
+    fitted: np.ndarray | None = None  # which of the profile's points the parabola was fitted to (the window)
 
 
 @dataclass
@@ -55,6 +55,8 @@ class Allocation:
     log_k_n: float = float("nan")
     log_k_d: float = float("nan")
     rss: float = float("nan")
+    gamma: float = float("nan")  # L_opt = k_L C^-gamma, through the used optima
+    log_k_l: float = float("nan")
     boot: dict[str, np.ndarray] = field(default_factory=dict)
     groups: list[IsoGroup] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
@@ -71,6 +73,13 @@ class Allocation:
 
     def predict_n(self, c: np.ndarray) -> np.ndarray:
         return np.exp(self.log_k_n + self.a * np.log(c))
+
+    def predict_loss(self, c: np.ndarray) -> np.ndarray:
+        return np.exp(self.log_k_l - self.gamma * np.log(c))
+
+    @property
+    def used(self) -> list[IsoGroup]:
+        return [g for g in self.groups if g.used] if self.groups else []
 
 
 def allocation_derived(params: dict[str, np.ndarray], compute: list[float]) -> dict[str, np.ndarray]:
@@ -98,9 +107,19 @@ def group_budgets(c: np.ndarray, tol_dex: float = 0.05) -> np.ndarray:
 
 
 def isoflop(
-    points: Points, *, tol_dex: float = 0.05, bootstrap: int = 0, seed: int = 0, min_sizes: int = 3
+    points: Points,
+    *,
+    tol_dex: float = 0.05,
+    bootstrap: int = 0,
+    seed: int = 0,
+    min_sizes: int = 3,
+    keep_edge_minima: bool = False,
+    window: float | None = None,
 ) -> Allocation:
-    """Approach 2: a parabola of loss against log N per budget, its vertex, then power laws in C."""
+    """Approach 2: a parabola of loss against log N per budget, its vertex, then power laws in C.
+
+    window (in log N): each parabola is refitted to the sizes within that distance of its vertex, so the far
+    tails of a profile (where loss is not quadratic in log N) do not move the minimum."""
     n, c, loss = points.get("N"), points.get("C"), points.loss
     labels = group_budgets(c, tol_dex)
     groups: list[IsoGroup] = []
@@ -112,8 +131,7 @@ def isoflop(
         grp = IsoGroup(
             C=float(np.exp(np.mean(np.log(c[m])))), log_n=np.log(n[m]), loss=loss[m], index=np.flatnonzero(m)
         )
-        coef = np.polyfit(grp.log_n, grp.loss, 2)
-        if coef[0] <= 0:
+        if not _fit_parabola(grp, window, min_sizes):
             notes.append(
                 (
                     f"the IsoFLOP profile at C = {grp.C:.3g} FLOP is not convex (no minimum), so it is skipped.",
@@ -121,53 +139,84 @@ def isoflop(
                 )
             )
             continue
-        grp.coef = coef
-        grp.log_n_opt = float(-coef[1] / (2 * coef[0]))
-        grp.loss_opt = float(np.polyval(coef, grp.log_n_opt))
         grp.inside = bool(grp.log_n.min() <= grp.log_n_opt <= grp.log_n.max())
+        grp.used = grp.inside or keep_edge_minima
         if not grp.inside:
+            fate = "kept (--keep-edge-minima)" if keep_edge_minima else "left out of N_opt(C)"
             notes.append(
                 (
-                    f"the IsoFLOP minimum at C = {grp.C:.3g} FLOP lies at N = {np.exp(grp.log_n_opt):.3g}, "
-                    f"outside the sampled sizes {np.exp(grp.log_n.min()):.3g}..{np.exp(grp.log_n.max()):.3g}, "
-                    "so its N_opt is an extrapolation; add sizes beyond it.",
+                    f"the IsoFLOP minimum at C = {grp.C:.3g} FLOP lies at N = {np.exp(grp.log_n_opt):.3g}, outside the "
+                    f"sampled sizes {np.exp(grp.log_n.min()):.3g}..{np.exp(grp.log_n.max()):.3g}, so its N_opt is an "
+                    f"extrapolation and is {fate}; add sizes beyond it.",
                     ExtrapolationWarning,
                 )
             )
         groups.append(grp)
-    if len(groups) < 2:
+    used = [g for g in groups if g.used]
+    if len(used) < 2:
+        edge = len(groups) - len(used)
+        if edge:
+            fix = (
+                f"{edge} more have their minimum outside the sampled sizes: add sizes beyond it, or --keep-edge-minima"
+            )
+        else:
+            fix = f"budgets within {tol_dex} decades are grouped; widen that with --budget-tolerance"
         raise AnalysisError(
-            f"the IsoFLOP approach needs at least 2 compute budgets with {min_sizes} or more model "
-            f"sizes each, but {points.source} has {len(groups)} (budgets within {tol_dex} decades "
-            "are grouped; widen that with --budget-tolerance)."
+            f"the IsoFLOP approach needs at least 2 compute budgets with {min_sizes} or more model sizes and a "
+            f"minimum inside them, but {points.source} has {len(used)} ({fix})."
         )
     for note, category in notes:
         warnings.warn(note, category, stacklevel=2)
     alloc = Allocation(
         "isoflop",
-        np.array([g.C for g in groups]),
-        np.exp([g.log_n_opt for g in groups]),
-        np.array([g.loss_opt for g in groups]),
-        records="IsoFLOP parabola vertices",
+        np.array([g.C for g in used]),
+        np.exp([g.log_n_opt for g in used]),
+        np.array([g.loss_opt for g in used]),
+        records="IsoFLOP parabola vertices" + (f" fitted within {window:g} of log N of each minimum" if window else ""),
         groups=groups,
         warnings=[note for note, _ in notes],
     )
     _fit_power_laws(alloc)
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
-        log_n_opt = np.stack([_boot_vertices(g, bootstrap, rng) for g in groups], axis=1)  # (R, G)
-        _boot_power_laws(alloc, np.log(alloc.C), log_n_opt)
+        vertices = [_boot_vertices(g, bootstrap, rng) for g in used]
+        log_n_opt = np.stack([v[0] for v in vertices], axis=1)  # (R, G)
+        loss_opt = np.stack([v[1] for v in vertices], axis=1)
+        _boot_power_laws(alloc, np.log(alloc.C), log_n_opt, np.log(loss_opt))
     return alloc
 
 
-def _boot_vertices(g: IsoGroup, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Vertex of the parabola refitted to each resample of the group's points (NaN when degenerate)."""
-    k = len(g.loss)
+def _fit_parabola(grp: IsoGroup, window: float | None, min_sizes: int) -> bool:
+    """The profile's parabola and vertex (refitted within `window` of the vertex); False when it has no minimum."""
+    fitted = np.ones(len(grp.loss), dtype=bool)
+    for _ in range(3 if window else 1):
+        coef = np.polyfit(grp.log_n[fitted], grp.loss[fitted], 2)
+        if coef[0] <= 0:
+            return False
+        vertex = -coef[1] / (2 * coef[0])
+        if not window:
+            break
+        near = np.abs(grp.log_n - vertex) <= window
+        if len(np.unique(grp.log_n[near])) < min_sizes or np.array_equal(near, fitted):
+            break
+        fitted = near
+    grp.coef, grp.fitted = coef, fitted
+    grp.log_n_opt = float(-coef[1] / (2 * coef[0]))
+    grp.loss_opt = float(np.polyval(coef, grp.log_n_opt))
+    return True
+
+
+def _boot_vertices(g: IsoGroup, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(log N, loss) at the vertex of the parabola refitted to each resample of the group's points (NaN when
+    degenerate)."""
+    sel = g.fitted if g.fitted is not None else np.ones(len(g.loss), dtype=bool)
+    log_n, loss = g.log_n[sel], g.loss[sel]
+    k = len(loss)
     w = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float64)
-    x = g.log_n - g.log_n.mean()  # centred for a well-conditioned 3x3 system
+    x = log_n - log_n.mean()  # centred for a well-conditioned 3x3 system
     design = np.stack([np.ones_like(x), x, x * x], axis=1)
     xtwx = np.einsum("rn,ni,nj->rij", w, design, design)
-    xtwy = np.einsum("rn,ni,n->ri", w, design, g.loss)
+    xtwy = np.einsum("rn,ni,n->ri", w, design, loss)
     ok = np.abs(np.linalg.det(xtwx)) > 1e-12 * np.abs(xtwx).max(axis=(1, 2)) ** 3
     coef = np.full((n_boot, 3), np.nan)
     coef[ok] = np.linalg.solve(xtwx[ok], xtwy[ok][..., None])[..., 0]
@@ -177,7 +226,8 @@ def _boot_vertices(g: IsoGroup, n_boot: int, rng: np.random.Generator) -> np.nda
     # nothing about N_opt and would dominate the standard errors, so such a resample drops this budget.
     span = (x.min() - _VERTEX_SLACK, x.max() + _VERTEX_SLACK)
     vertex = np.where((vertex >= span[0]) & (vertex <= span[1]), vertex, np.nan)
-    return vertex + g.log_n.mean()
+    loss_at = coef[:, 0] + coef[:, 1] * vertex + coef[:, 2] * vertex * vertex
+    return vertex + log_n.mean(), loss_at
 
 
 def _fit_power_laws(alloc: Allocation) -> None:
@@ -186,6 +236,8 @@ def _fit_power_laws(alloc: Allocation) -> None:
     alloc.b, alloc.log_k_d = np.polyfit(x, np.log(alloc.d_opt), 1)
     resid = np.log(alloc.n_opt) - (alloc.log_k_n + alloc.a * x)
     alloc.rss = float(np.sum(resid**2))
+    slope, alloc.log_k_l = np.polyfit(x, np.log(alloc.loss_opt), 1)
+    alloc.gamma = -slope
 
 
 def _line_batched(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,13 +253,21 @@ def _line_batched(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
 
 
 def _boot_power_laws(
-    alloc: Allocation, log_c: np.ndarray, log_n_opt: np.ndarray, weights: np.ndarray | None = None
+    alloc: Allocation, log_c: np.ndarray, log_n_opt: np.ndarray, log_loss_opt: np.ndarray, weights=None
 ) -> None:
     w = np.ones_like(log_n_opt) if weights is None else weights
     a, log_k_n = _line_batched(log_c, log_n_opt, w)
     b, log_k_d = _line_batched(log_c, np.log(np.exp(log_c) / 6.0)[None, :] - log_n_opt, w)
-    ok = np.isfinite(a) & np.isfinite(b)
-    alloc.boot = {"a": a[ok], "b": b[ok], "k_N": np.exp(log_k_n[ok]), "k_D": np.exp(log_k_d[ok])}
+    slope_l, log_k_l = _line_batched(log_c, log_loss_opt, w)
+    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(slope_l)
+    alloc.boot = {
+        "a": a[ok],
+        "b": b[ok],
+        "k_N": np.exp(log_k_n[ok]),
+        "k_D": np.exp(log_k_d[ok]),
+        "gamma": -slope_l[ok],
+        "k_L": np.exp(log_k_l[ok]),
+    }
 
 
 def envelope(
@@ -267,17 +327,6 @@ def envelope_from_points(points: Points, *, bootstrap: int = 0, seed: int = 0) -
     )
 
 
-def frontier(c: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """Indices of the compute frontier: points with lower loss than every point of smaller or equal compute."""
-    order = np.lexsort((loss, c))
-    best, keep = np.inf, []
-    for i in order:
-        if loss[i] < best:
-            keep.append(i)
-            best = loss[i]
-    return np.array(keep, dtype=np.int64)
-
-
 def _finish_envelope(
     c: np.ndarray, n_opt: np.ndarray, loss_opt: np.ndarray, curves: list[Curve], bootstrap: int, seed: int, records: str
 ) -> Allocation:
@@ -294,7 +343,9 @@ def _finish_envelope(
         # a single winner and no fit at all.
         rng = np.random.default_rng(seed)
         w = rng.multinomial(len(c), np.full(len(c), 1.0 / len(c)), size=bootstrap).astype(np.float64)
-        _boot_power_laws(alloc, np.log(c), np.broadcast_to(np.log(n_opt), w.shape), w)
+        shape = w.shape
+        log_n, log_l = np.broadcast_to(np.log(n_opt), shape), np.broadcast_to(np.log(loss_opt), shape)
+        _boot_power_laws(alloc, np.log(c), log_n, log_l, w)
     return alloc
 
 
@@ -311,14 +362,3 @@ def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     half = np.minimum(np.minimum(idx, n - 1 - idx), window // 2)
     csum = np.concatenate([[0.0], np.cumsum(y)])
     return (csum[idx + half + 1] - csum[idx - half]) / (2 * half + 1)
-
-
-def select_points(points: Points, name: str) -> Points:
-    """The points a law is fitted to: Kaplan's one-variable laws read frontiers, the others every point."""
-    if name in ("kaplan_n", "kaplan_d"):
-        x = points.get(name[-1].upper())
-        keep = [np.flatnonzero(x == v)[np.argmin(points.loss[x == v])] for v in np.unique(x)]
-        return points.subset(np.array(keep))
-    if name == "kaplan_c":
-        return points.subset(np.sort(frontier(points.get("C"), points.loss)))
-    return points

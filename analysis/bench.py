@@ -9,17 +9,17 @@ import numpy as np
 
 from analysis.fit import fit_law, summarize_samples
 from analysis.laws import chinchilla
-from analysis.results import AnalysisError, load_points
+from analysis.points import load_points
+from analysis.results import AnalysisError
 
-# Relative to the repository root: CI has shared/ beside the checkout.
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "chinchilla_epoch_240.csv"
+REFERENCE = Path(__file__).resolve().parent / "reference" / "chinchilla_epoch_240.csv"  # see its README
 
 
 def run_bench(csv: str | None = None, bootstrap: int = 4000, seed: int = 0) -> int:
     """Time grid + bootstrap; prints the seconds and the fitted parameters with their standard errors."""
     path = Path(csv) if csv else REFERENCE
     if not path.exists():
-        raise AnalysisError(f"benchmark data {path} is missing; pass --csv or check out shared/ beside the repo.")
+        raise AnalysisError(f"benchmark data {path} is missing; pass --csv with a CSV of N, D and loss.")
     pts = load_points(path, need=("N", "D"))
     law = chinchilla()
     logx = np.log(np.stack([pts.N, pts.D]))
@@ -32,7 +32,7 @@ def run_bench(csv: str | None = None, bootstrap: int = 4000, seed: int = 0) -> i
     print(f"data: {path} ({len(pts)} points)")
     print(f"grid: {grid.n_starts} starts, {grid.n_converged} converged, {t1 - t0:.2f} s")
     print(
-        f"bootstrap: {bootstrap} refits from the best fit, {boot.boot_info.get('n_converged', 0)} converged, "
+        f"bootstrap: {bootstrap} refits ({boot.boot_info.get('start')}), {boot.boot_info.get('n_converged', 0)} converged, "
         f"{t2 - t1:.2f} s"
     )
     for name, value in grid.params.items():

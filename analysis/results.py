@@ -6,10 +6,11 @@ Everything a fit reads goes through here, so malformed input fails in one place 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ SUMMARY_FIELDS = (
     "status",
     "experiment",
     "run_name",
+    "config_id",
+    "seed",
     "model",
     "params",
     "params_nonembed",
@@ -49,50 +52,15 @@ SUMMARY_FIELDS = (
     "error",
 )
 _SKIP_DIRS = {"checkpoints", "tb", ".hydra", "__pycache__"}  # never hold results.json; can be large
-CSV_DEFAULTS = {"N": "N", "D": "D", "C": "C", "loss": "loss"}
 SWEEP_DEFAULTS = {"N": "params_nonembed", "D": "tokens", "C": "flops", "loss": "final_val_loss"}
+# Config keys that tell seeds of one configuration apart without changing what it is, and the sections that
+# never change what a run computes (the same list as research/train/records.py's NOT_COMPUTED).
+SEED_KEYS = ("train.seed", "train.run_name")
+NOT_COMPUTED = ("output", "plan.", "sweep.")
 
 
 class AnalysisError(ValueError):
     """A problem with the user's input; the message is one sentence naming the problem and the fix."""
-
-
-@dataclass
-class Points:
-    """One row per run (or CSV row): the variables a law reads. D and C are derived via C = 6 N D when absent."""
-
-    loss: np.ndarray
-    N: np.ndarray | None = None
-    D: np.ndarray | None = None
-    C: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
-    source: str = ""
-    columns: dict[str, str] = field(default_factory=dict)  # variable -> column / field it came from
-    failed: list[dict] = field(default_factory=list)  # runs that did not complete (sweep sources)
-
-    def __len__(self) -> int:
-        return int(self.loss.shape[0])
-
-    def get(self, var: str) -> np.ndarray:
-        value = getattr(self, var)
-        if value is None:
-            raise AnalysisError(f"{self.source} has no {var} values; name its column with --{var.lower()}-column.")
-        return value
-
-    def subset(self, idx: np.ndarray) -> Points:
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[idx]
-
-        return Points(
-            self.loss[idx],
-            pick(self.N),
-            pick(self.D),
-            pick(self.C),
-            [self.names[i] for i in idx],
-            self.source,
-            dict(self.columns),
-            list(self.failed),
-        )
 
 
 @dataclass
@@ -149,8 +117,13 @@ def read_results(sweep_dir: str | Path) -> list[dict]:
 
 
 def summary_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
-    """The scalar fields of every record, and the column order for summary.csv."""
+    """The scalar fields of every record, and the column order for summary.csv: config_id and seed name the
+    configuration and the seed of each run (rows with one config_id are seeds of one configuration)."""
     rows = [{k: v for k, v in rec.items() if v is None or isinstance(v, str | int | float | bool)} for rec in records]
+    for row, rec in zip(rows, records, strict=True):
+        config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+        row["config_id"] = config_id(rec)
+        row["seed"] = (config.get("train") or {}).get("seed") if isinstance(config.get("train"), dict) else None
     present = set().union(*rows) if rows else set()
     columns = [c for c in SUMMARY_FIELDS if c in present] + sorted(present - set(SUMMARY_FIELDS))
     return columns, rows
@@ -168,78 +141,8 @@ def write_summary(sweep_dir: str | Path) -> tuple[Path, list[str], list[dict]]:
     return path, columns, rows
 
 
-def load_points(
-    source: str | Path,
-    *,
-    n_column: str | None = None,
-    d_column: str | None = None,
-    c_column: str | None = None,
-    loss_column: str | None = None,
-    need: tuple[str, ...] = ("N", "D"),
-) -> Points:
-    """Points from a sweep directory (completed runs) or a CSV file, checked for the variables in `need`.
-
-    For a sweep, N is `params_nonembed` unless n_column says `params`; D is `tokens`, C is `flops` and the
-    loss is `final_val_loss`. For a CSV the columns default to N, D, C and loss.
-    """
-    source = Path(source)
-    names = {"N": n_column, "D": d_column, "C": c_column, "loss": loss_column}
-    if source.is_dir():
-        names = {k: v or SWEEP_DEFAULTS[k] for k, v in names.items()}
-        table, labels, failed = _sweep_table(source)
-    elif source.is_file():
-        names = {k: v or CSV_DEFAULTS[k] for k, v in names.items()}
-        table, labels, failed = _csv_table(source), None, []
-    else:
-        raise AnalysisError(f"source {source} does not exist; pass a sweep directory or a CSV file.")
-    n_rows = len(next(iter(table.values()))) if table else 0
-    labels = labels or [f"row {i + 2}" for i in range(n_rows)]  # CSV row numbers as a spreadsheet shows them
-    if n_rows == 0:
-        detail = f" ({len(failed)} runs failed)" if failed else ""
-        raise AnalysisError(f"{source} holds no completed runs or data rows{detail}; there is nothing to fit.")
-    values = {}
-    for var in ("N", "D", "C", "loss"):
-        col = names[var]
-        if col in table:
-            values[var] = _numeric(table[col], col, labels, source)
-    if "loss" not in values:
-        raise AnalysisError(
-            f"{source} has no loss column {names['loss']!r} (found: {', '.join(sorted(table))}); "
-            "name it with --loss-column."
-        )
-    n, d, c = values.get("N"), values.get("D"), values.get("C")
-    # Derive what C = 6 N D allows; record where each variable came from.
-    columns = {k: names[k] for k in values}
-    if d is None and n is not None and c is not None:
-        d, columns["D"] = c / (6.0 * n), f"{names['C']} / (6 {names['N']})"
-    if c is None and n is not None and d is not None:
-        c, columns["C"] = 6.0 * n * d, f"6 {names['N']} {names['D']}"
-    if n is None and d is not None and c is not None:
-        n, columns["N"] = c / (6.0 * d), f"{names['C']} / (6 {names['D']})"
-    pts = Points(values["loss"], n, d, c, labels, str(source), columns, failed)
-    for var in need:
-        if getattr(pts, var) is None:
-            raise AnalysisError(
-                f"{source} has no column {names[var]!r} for {var} and it cannot be derived from the "
-                f"others (found: {', '.join(sorted(table))}); name it with --{var.lower()}-column."
-            )
-    return pts
-
-
-def _sweep_table(sweep_dir: Path) -> tuple[dict[str, list], list[str], list[dict]]:
-    records = read_results(sweep_dir)
-    done = [r for r in records if r.get("status") == "completed"]
-    failed = [
-        {"run_dir": r["run_dir"], "run_name": r.get("run_name"), "status": r.get("status"), "error": r.get("error")}
-        for r in records
-        if r.get("status") != "completed"
-    ]
-    keys = set().union(*done) if done else set()
-    table = {k: [r.get(k) for r in done] for k in keys}
-    return table, [r["run_dir"] for r in done], failed
-
-
-def _csv_table(path: Path) -> dict[str, list]:
+def csv_table(path: Path) -> dict[str, list]:
+    """A CSV file as columns of raw strings (header names stripped)."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
@@ -248,23 +151,29 @@ def _csv_table(path: Path) -> dict[str, list]:
     return {name.strip(): [row.get(name) for row in rows] for name in reader.fieldnames}
 
 
-def _numeric(raw: list, column: str, labels: list[str], source: Path) -> np.ndarray:
-    out = np.empty(len(raw))
-    for i, value in enumerate(raw):
-        try:
-            out[i] = float(value) if value not in (None, "") else math.nan
-        except (TypeError, ValueError):
-            out[i] = math.nan
-        if not math.isfinite(out[i]):
-            raise AnalysisError(
-                f"{column!r} is missing, NaN or not a number at {labels[i]} of {source} "
-                f"(value {value!r}); fix or remove that row."
-            )
-        if out[i] <= 0:
-            raise AnalysisError(
-                f"{column!r} is {value!r} at {labels[i]} of {source}, but scaling laws need "
-                "positive values; fix or remove that row."
-            )
+def config_key(record: dict) -> str:
+    """What a run computes, its seed aside: runs with equal keys (the resolved config but its seed, and the
+    sizes the record reports) are seeds of one configuration."""
+    config = record.get("config")
+    if not isinstance(config, dict) or not config:
+        return f"run:{record.get('run_dir')}"
+    flat = {k: v for k, v in _flatten(config).items() if k not in SEED_KEYS and not k.startswith(NOT_COMPUTED)}
+    sizes = {k: record.get(k) for k in ("params", "params_nonembed", "tokens", "flops")}
+    return json.dumps([flat, sizes], sort_keys=True, default=str)
+
+
+def config_id(record: dict) -> str:
+    """A short, stable name of a run's configuration, its seed aside (summary.csv's config_id)."""
+    return hashlib.sha256(config_key(record).encode()).hexdigest()[:12]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 

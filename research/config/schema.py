@@ -148,6 +148,10 @@ class SweepConfig:
     compute: float | None = None  # IsoFLOP grids: this member's budget C = 6 N D (FLOPs)
     offset: int = 0  # IsoFLOP grids: rungs above (+) or below (-) the one nearest the expected optimum
     optimum_tokens_per_param: float = 20.0  # IsoFLOP grids: D/N at the expected optimum (Chinchilla: ~20)
+    # Seeds every member runs with (hydra.sweeper.params: train.seed: ${sweep.csv:${sweep.seeds}}); with more than
+    # one, run names carry ${sweep.seed_tag:} and the fit averages each configuration's seeds.
+    seeds: list[int] = field(default_factory=lambda: [0])
+    fit_args: str = ""  # extra arguments of `make sweep`'s fit (python -m analysis fit), e.g. --holdout-largest 1
 
 
 @dataclass

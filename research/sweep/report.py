@@ -20,13 +20,21 @@ def write_summary(sweep_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
     return path, rows
 
 
-def experiment_law(name: str) -> str:
+def _experiment(name: str) -> object:
     path = ROOT / "conf" / "experiment" / f"{name}.yaml"
     if not path.exists():
         options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise ConfigError(f"EXPERIMENT={name} is not a file in conf/experiment; choose one of {options}.")
-    law = OmegaConf.select(OmegaConf.load(path), "sweep.law")
-    return str(law or "kaplan_n")
+    return OmegaConf.load(path)
+
+
+def experiment_law(name: str) -> str:
+    return str(OmegaConf.select(_experiment(name), "sweep.law") or "kaplan_n")
+
+
+def experiment_fit_args(name: str) -> str:
+    """The experiment's extra arguments of `python -m analysis fit` (sweep.fit_args), e.g. --irreducible."""
+    return str(OmegaConf.select(_experiment(name), "sweep.fit_args") or "")
 
 
 def overhead_note(rec: dict[str, Any]) -> str:
@@ -49,6 +57,40 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _interval(ci: dict, key: str) -> str:
+    return f" [{ci[key][0]:.4g}, {ci[key][1]:.4g}]" if isinstance(ci.get(key), list) else ""
+
+
+def _print_fit(sweep_dir: Path, fit_dir: Path, fit: dict | None) -> None:
+    """The law with its 95% intervals, what it means in one sentence, the held-out check and the figures."""
+    if not fit:
+        print(f"fit:         none at {fit_dir} (python -m analysis fit {sweep_dir} --law ... --out {fit_dir})")
+        return
+    if fit.get("refused"):
+        print(f"fit:         REFUSED ({fit.get('law')}): {fit['reasons'][0]}")
+        for reason in fit["reasons"][1:]:
+            print(f"             also: {reason}")
+        return
+    ci = fit.get("intervals", {})
+    params = ", ".join(
+        f"{k} = {v:.4g}{_interval(ci, k)}" for k, v in fit.get("params", {}).items() if isinstance(v, int | float)
+    )
+    mark = "" if fit.get("valid", True) else "  INVALID (forced): " + " | ".join(fit.get("reasons", []))
+    print(f"fit:         {fit_dir / 'fit.json'}  ({fit.get('law')}: {fit.get('formula')}){mark}")
+    print(f"             {params}  (95% bootstrap intervals)")
+    if fit.get("summary"):
+        print(f"means:       {fit['summary']}")
+    for row in fit.get("holdout") or []:
+        lo, hi = row["interval"]
+        inside = "inside" if row["inside_interval"] else "OUTSIDE"
+        print(
+            f"held out:    {row['name']}: predicted {row['predicted']:.4g} [{lo:.4g}, {hi:.4g}], measured "
+            f"{row['measured']:.4g} ({row['error_pct']:+.2f}%, {inside} its interval)"
+        )
+    for fig in fit.get("figures", []):
+        print(f"figure:      {fit_dir / fig}")
+
+
 def report(sweep_dir: Path, fit_dir: Path | None = None) -> int:
     """Print where the summary, fit and figures are; exit status 1 when a member did not complete."""
     fit_dir = fit_dir or sweep_dir / "fit"
@@ -67,19 +109,7 @@ def report(sweep_dir: Path, fit_dir: Path | None = None) -> int:
             line += f"  <- {r.get('error')}"
         print(line)
     print(f"summary:     {path}")
-    fit = _read_json(fit_dir / "fit.json")
-    if fit:
-        ci = fit.get("intervals", {})
-        params = ", ".join(
-            f"{k} = {v:.4g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if isinstance(ci.get(k), list) else "")
-            for k, v in fit.get("params", {}).items()
-            if isinstance(v, int | float)
-        )
-        print(f"fit:         {fit_dir / 'fit.json'}  ({fit.get('law')}: {params})")
-        for fig in fit.get("figures", []):
-            print(f"figure:      {fit_dir / fig}")
-    else:
-        print(f"fit:         none at {fit_dir} (python -m analysis fit {sweep_dir} --law ... --out {fit_dir})")
+    _print_fit(sweep_dir, fit_dir, _read_json(fit_dir / "fit.json"))
     print(f"tensorboard: .venv/bin/tensorboard --logdir {sweep_dir}   (HParams tab: one row per member)")
     if len(done) < len(rows):
         print(

@@ -139,6 +139,16 @@ def _budget(*, _root_: Any) -> str:
     return f"S{train.steps}"
 
 
+def _seed_tag(*, _root_: Any) -> str:
+    seeds = list(_root_.sweep.seeds or [])
+    return "" if not seeds or _root_.train.seed == seeds[0] else f"-s{_root_.train.seed}"
+
+
+def _csv(values: Any) -> str:
+    items = list(values) if OmegaConf.is_list(values) or isinstance(values, list | tuple) else [values]
+    return ",".join(str(v) for v in items)
+
+
 def _per_batch(sequences: int, *, _root_: Any) -> int:
     return max(1, math.ceil(int(sequences) / int(_root_.train.batch_size)))
 
@@ -153,6 +163,8 @@ RESOLVERS = {
     "sweep.isoflop_tokens": _isoflop_tokens,
     "sweep.per_batch": _per_batch,
     "sweep.budget": _budget,
+    "sweep.seed_tag": _seed_tag,
+    "sweep.csv": _csv,
     "sweep.sci": lambda x: sci(float(x)) if isinstance(x, int | float) else str(x),
 }
 

@@ -128,7 +128,7 @@ def test_fit_chinchilla_on_sweep_with_holdout(sweep, tmp_path):
         "--bootstrap",
         "100",
         "--holdout-largest",
-        "2",
+        "1",
         "--compute",
         "1e15",
     )
@@ -140,10 +140,13 @@ def test_fit_chinchilla_on_sweep_with_holdout(sweep, tmp_path):
     assert fit["params"]["E"] == pytest.approx(LAW["E"], rel=0.1)
     assert set(fit["stderr"]) >= {"E", "A", "B", "alpha", "beta", "a", "b", "tokens_per_param@1e+15"}
     assert fit["bootstrap"]["n"] == 100 and "best full-data fit" in fit["bootstrap"]["start"]
-    pred = fit["prediction"]
-    assert len(pred["points"]) == 2 and abs(pred["mean_abs_relative_error"]) < 0.05
-    for name in ("loss_vs_N.png", "loss_vs_C.png", "residuals.png", "optimal_allocation.png", "prediction.png"):
-        assert (out / name).stat().st_size > 5000, name
+    pred = fit["prediction"]  # the largest budget held out whole: its five runs
+    assert len(pred["points"]) == 5 and abs(pred["mean_abs_relative_error"]) < 0.05
+    assert {row["name"] for row in fit["holdout"]} == {f"n{int(n)}_c1e+14" for n in SIZES}
+    assert all(set(row) >= {"name", "predicted", "measured", "error_pct", "inside_interval"} for row in fit["holdout"])
+    assert fit["valid"] and fit["reasons"] == [] and fit["summary"].startswith("Loss falls as N^-")
+    for name in ("loss_vs_N", "loss_vs_C", "residuals", "optimal_allocation", "prediction"):
+        assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF", name
 
 
 @pytest.mark.parametrize("law", ["isoflop", "envelope"])

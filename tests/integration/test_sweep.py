@@ -21,7 +21,13 @@ from research.sweep import rules
 TRAIN = str(ROOT / "experiments" / "train.py")
 # The tiny members of the real cpu_sweep experiment: its ladder, names and per-size rules, a budget of
 # 2 tokens per parameter (13 to 56 steps) on the fixture corpus.
-TINY_LADDER = ["+experiment=cpu_sweep", "train.steps=null", "train.tokens=null", "train.tokens_per_param=2"]
+TINY_LADDER = [
+    "+experiment=cpu_sweep",
+    "sweep.seeds=[0]",
+    "train.steps=null",
+    "train.tokens=null",
+    "train.tokens_per_param=2",
+]
 
 
 def multirun(sweep_dir: Path, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:

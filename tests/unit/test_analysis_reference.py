@@ -1,4 +1,4 @@
-"""`python -m analysis fit` on the Epoch replication's 240 Chinchilla points (shared/reference) reproduces the
+"""`python -m analysis fit` on the Epoch replication's 240 Chinchilla points (analysis/reference) reproduces the
 published best grid fit, the bootstrap standard errors and the implied exponents."""
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared/reference"
-CSV = REFERENCE / "chinchilla_epoch_240.csv"
+CSV = ROOT / "analysis" / "reference" / "chinchilla_epoch_240.csv"
 PUBLISHED = {"A": 477.84, "B": 2143.86, "E": 1.8172, "alpha": 0.34731, "beta": 0.36718}
 PUBLISHED_SE = {"A": 124.52, "B": 1293.28, "E": 0.026, "alpha": 0.015, "beta": 0.021}
-
-pytestmark = pytest.mark.skipif(not CSV.exists(), reason=f"reference data {CSV} is absent (shared/ not beside repo)")
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from analysis import approaches
-from analysis.approaches import select_points
 from analysis.fit import fit_law, summarize_samples
 from analysis.laws import get_law
+from analysis.points import Points
 from analysis.predict import predict_holdout
-from analysis.results import Curve, Points
+from analysis.results import Curve
+from analysis.selection import select_points
 
 TRUE = {
     "chinchilla": {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37},
@@ -106,15 +107,18 @@ def test_envelope_recovers_allocation_exponent():
 
 
 def test_prediction_check_reports_expected_error():
-    """Noise-free L(N, D) data whose 3 largest runs measured 2% above the law: the check reports -1.96%."""
+    """Noise-free L(N, D) data whose 3 largest compute budgets measured 2% above the law: the check holds out every
+    point of those budgets (two runs 1% apart in compute are one budget) and reports -1.96%."""
     pts = _synthetic("chinchilla", n=40, sigma=0.0)
-    order = np.argsort(pts.C)
+    labels = approaches.group_budgets(pts.C, 0.02)
+    held = np.flatnonzero(np.isin(labels, np.unique(labels)[-3:]))
+    assert len(held) == 4  # the 4th and 5th largest runs lie 0.005 decades apart: one budget
     offset = 1.02
-    pts.loss[order[-3:]] *= offset
+    pts.loss[held] *= offset
     law = get_law("chinchilla")
     report, _ = predict_holdout(pts, "chinchilla", law, 3, bootstrap=100, seed=0, delta=1e-3, level=0.95)
-    assert report["holdout_largest"] == 3 and report["n_train_points"] == 37
-    assert {row["run"] for row in report["points"]} == {pts.names[i] for i in order[-3:]}
+    assert report["holdout_largest"] == 3 and report["n_train_points"] == 36
+    assert {row["run"] for row in report["points"]} == {pts.names[i] for i in held}
     for row in report["points"]:
         assert row["relative_error"] == pytest.approx(1 / offset - 1, abs=1e-3)
         assert row["predicted"] == pytest.approx(row["actual"] / offset, rel=1e-3)

@@ -126,3 +126,29 @@ def test_law_of_each_experiment_for_make_sweep():
     assert report.experiment_law("isoflop_cpu") == "isoflop"
     with pytest.raises(ConfigError, match="conf/experiment"):
         report.experiment_law("no_such_experiment")
+
+
+def test_sweep_seeds_repeat_every_member_and_name_the_extra_seeds():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from research.config.hydra import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=["+experiment=cpu_sweep"])
+        assert OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)["train.seed"] == "0,1"
+        overrides = ["+experiment=cpu_sweep", "sweep.seeds=[0,1,2]"]
+        three = hydra_compose(config_name="config", return_hydra_config=True, overrides=overrides)
+        assert three.hydra.sweeper.params["train.seed"] == "0,1,2"
+    GlobalHydra.instance().clear()
+    names = [m["train"]["run_name"] for m in _members("cpu_sweep", [{"train.seed": s} for s in (0, 1)])]
+    assert names == ["nano_25k-D2.5e6", "nano_25k-D2.5e6-s1"]  # the first seed keeps a single-seed sweep's names
+    fit_args = report.experiment_fit_args("cpu_sweep")
+    assert (
+        report.experiment_law("cpu_sweep") == "kaplan_n"
+        and "--irreducible" in fit_args
+        and "--holdout-largest 1" in fit_args
+    )
