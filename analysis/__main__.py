@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a scaling law to a sweep directory or CSV; writes fit.json and figures")
-    fit.add_argument("source", help="sweep directory (every results.json under it) or CSV file")
+    fit.add_argument("source", help="sweep directory (every results.json under it), its summary.csv, or any CSV")
     fit.add_argument(
         "--law",
         choices=ALL_LAWS,
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="K",
-        help="also fit without the K largest-compute runs and check the predictions for them",
+        help="also fit without the K largest compute budgets (every run at them) and check the predictions for them",
     )
     fit.add_argument(
         "--bootstrap", type=int, default=4000, metavar="N", help="bootstrap resamples (0: none; default 4000)"
@@ -151,9 +151,10 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"{result['law']}: {result['formula']}  ({result['n_points']} points from {result['source']})")
     if not result["valid"]:
         print("  INVALID (--force): " + " | ".join(result["reasons"]))
-    for name, value in result["params"].items():
-        se = result["stderr"].get(name)
-        print(f"  {name:>8} = {value:.6g}" + (f"  +- {se:.3g}" if se is not None else ""))
+    level = round(100 * result.get("interval_level", 0.95))
+    for name, value in result["params"].items():  # intervals, not +- a standard error: the bootstraps are skewed
+        lo, hi = (result.get("intervals") or {}).get(name) or (None, None)
+        print(f"  {name:>8} = {value:.6g}" + (f"  {level}%: [{lo:.4g}, {hi:.4g}]" if lo is not None else ""))
     for name, value in result["derived"].items():
         if value is not None and (name in ("a", "b") or name.startswith("tokens_per_param")):
             print(f"  {name} = {value:.4g}")

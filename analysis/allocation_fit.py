@@ -70,6 +70,19 @@ def fit_allocation(source: Path, points: Points | None, name: str, opts: dict) -
         "failed_runs": failed,
         "warnings": list(alloc.warnings),
     }
+    result["checks"] = [
+        {
+            "check": "sign",
+            "what": "0 < a, b < 1: N_opt and D_opt both grow with compute",
+            "status": "failed" if any("outside (0, 1)" in r for r in reasons) else "passed",
+        },
+        {
+            "check": "edge_minima",
+            "what": "IsoFLOP minima inside their sampled sizes (the others left out)",
+            "status": f"{len(result['edge_minima'])} left out" if result["edge_minima"] else "passed",
+        },
+        *[c for c in guards.applied_checks({}, None, bootstrap, reasons) if c["check"] == "bootstrap"],
+    ]
     figs = {"kind": "allocation", "alloc": alloc}
     if holdout:
         result["prediction"], figs["prediction"] = predict_isoflop(

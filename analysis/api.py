@@ -86,7 +86,12 @@ def fit_source(
         exclude=exclude,
         tol_dex=budget_tolerance,
     )
-    result, figs, reasons = _fit(Path(source), law, cols, opts, chosen)
+    try:
+        result, figs, reasons = _fit(Path(source), law, cols, opts, chosen)
+    except AnalysisError as error:  # nothing could be fitted: the out_dir still says so, not a stale result
+        if out_dir is not None:
+            _write_refusal({"law": law, "source": str(source), "valid": False, "reasons": [str(error)]}, Path(out_dir))
+        raise
     result.update(valid=not reasons, reasons=reasons, forced=bool(reasons and force))
     result["summary"] = headline(result) if not reasons else None
     if out_dir is not None:
@@ -117,17 +122,32 @@ def _fit(source: Path, law: str, cols: dict, opts: dict, chosen: dict) -> tuple[
 
 def _write(result: dict, figs: dict, out: Path, reasons: list[str], force: bool, plots: bool, compute: list) -> None:
     """fit.json and the figures; a refused fit leaves only its reasons (no parameters, no figures)."""
-    out.mkdir(parents=True, exist_ok=True)
     if reasons and not force:
-        refused = {k: result[k] for k in ("law", "formula", "source", "n_points", "valid", "reasons", "warnings")}
-        (out / "fit.json").write_text(json.dumps(_jsonable({**refused, "refused": True}), indent=2) + "\n")
+        keep = ("law", "formula", "source", "n_points", "valid", "reasons", "warnings")
+        _write_refusal({k: result[k] for k in keep}, out)
         return
+    out.mkdir(parents=True, exist_ok=True)
     if plots:
         from analysis import plots as plotting  # matplotlib only when figures are wanted
 
         result["figures"] = plotting.make_figures(figs, out, reasons, compute)
         result["figures_pdf"] = [name.replace(".png", ".pdf") for name in result["figures"]]
     (out / "fit.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+
+
+def _write_refusal(refused: dict, out: Path) -> None:
+    """fit.json with the reasons only; the figures of an earlier fit in out/ are removed so none outlives it."""
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / "fit.json"
+    if old.exists():
+        try:
+            previous = json.loads(old.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        for name in [*(previous.get("figures") or []), *(previous.get("figures_pdf") or [])]:
+            if "/" not in name:
+                (out / name).unlink(missing_ok=True)
+    old.write_text(json.dumps(_jsonable({**refused, "refused": True}), indent=2) + "\n")
 
 
 def _warnings(caught: list, own: list[str], points) -> list[str]:

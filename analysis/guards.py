@@ -131,3 +131,32 @@ def allocation_reasons(params: dict[str, float], n_boot: int, n_converged: int) 
                 "drop minima at the edge of their sizes."
             )
     return reasons + bootstrap_reasons(n_boot, n_converged)
+
+
+CHECKS = {
+    "variation": (
+        "every variable of the law varies (and N and D do not move in lockstep)",
+        ("does not vary", "C is proportional", "moves in lockstep"),
+    ),
+    "count": ("at least parameters + 2 points", ("parameters but the selection",)),
+    "floor": ("the irreducible loss E lies below every measured loss", ("the fitted irreducible loss",)),
+    "sign": ("every exponent has the sign that makes loss fall", ("the fitted exponent",)),
+    "bootstrap": ("at least 95% of the bootstrap refits converged", ("bootstrap refits converged",)),
+    "noise": ("the residuals within 3x the measured noise of the points", ("the fit's residuals",)),
+}
+
+
+def applied_checks(params: dict[str, float], pts: Points | None, n_boot: int, reasons: list[str]) -> list[dict]:
+    """fit.json's `checks`: each validity check with passed, failed, or why it did not apply."""
+    out = []
+    for key, (what, marks) in CHECKS.items():
+        failed = any(m in r for r in reasons for m in marks)
+        status = "failed" if failed else "passed"
+        if key == "floor" and "E" not in params:
+            status = "not applicable (the law has no E)"
+        elif key == "bootstrap" and not n_boot:
+            status = "not applicable (no bootstrap)"
+        elif key == "noise" and (pts is None or noise_level(pts) is None):
+            status = "not applicable (the records measure no noise: no seeds, no evaluation errors)"
+        out.append({"check": key, "what": what, "status": status})
+    return out

@@ -40,6 +40,7 @@ def fit_loss_law(points: Points, name: str, opts: dict) -> tuple[dict, dict, lis
     reasons += guards.fit_reasons(law.name, fit.params, used, resid, n_boot, fit.boot_info.get("n_converged", 0))
     result = _law_result(fit, used, points, name, opts["compute"], opts["level"])
     result["residual_rms"] = float(np.sqrt(np.mean(resid**2)))
+    result["checks"] = guards.applied_checks(fit.params, used, n_boot, reasons)
     result["noise"] = noise_summary(used)
     figs = {"kind": "loss_law", "law": law, "fit": fit, "points": used, "all_points": points, "derived": None}
     if name == "chinchilla":

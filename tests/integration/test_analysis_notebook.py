@@ -1,48 +1,20 @@
-"""analysis/notebooks/scaling_laws.ipynb executes top to bottom without error (nbclient, python3 kernel)."""
+"""analysis/notebooks/scaling_laws.ipynb executes top to bottom (nbclient, python3 kernel) and tells the story
+the data support: on the reference data a valid L(N, D) with its checks and held-out budgets; on a real tiny
+sweep that is too small for its law, the refusal and nothing else."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import ROOT, tiny_overrides
+from test_sweep import TINY_LADDER, multirun
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "analysis" / "notebooks" / "scaling_laws.ipynb"
-REFERENCE = ROOT.parent / "shared/reference/chinchilla_epoch_240.csv"
 
 
-def make_tpp_sweep(root: Path) -> Path:
-    """Seven sizes at 20 tokens per parameter (the shape of `make sweep`'s cpu_sweep), per-step records too."""
-    rng = np.random.default_rng(0)
-    sweep = root / "cpu_sweep"
-    for n in np.geomspace(3e3, 1.15e5, 7).astype(int):
-        run = sweep / f"nano_{n}-tpp20"
-        run.mkdir(parents=True)
-        tokens = 20 * int(n)
-        steps = np.arange(1, 41)
-        seen = steps * tokens // 40
-        loss = 1.5 + 60 / (n * seen) ** 0.25 * np.exp(rng.normal(0, 0.003, steps.size))
-        rows = [
-            {"step": int(s), "tokens": int(t), "flops": 6.0 * n * t, "loss": float(x)}
-            for s, t, x in zip(steps, seen, loss, strict=True)
-        ]
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        record = {
-            "status": "completed",
-            "run_name": run.name,
-            "params_nonembed": int(n),
-            "params": int(n) + 9000,
-            "tokens": tokens,
-            "flops": 6.0 * n * tokens,
-            "final_val_loss": float(loss[-1]) * 1.01,
-        }
-        (run / "results.json").write_text(json.dumps(record))
-    return sweep
-
-
-def _execute(monkeypatch, tmp_path: Path, sweep_dir: Path):
+def _execute(monkeypatch, tmp_path: Path, sweep_dir: Path) -> tuple[str, int]:
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e .[dev])")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e .[dev])")
     pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install -e .[dev])")
@@ -56,22 +28,35 @@ def _execute(monkeypatch, tmp_path: Path, sweep_dir: Path):
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    return outputs
+    texts = [o.get("text", "") for o in outputs]
+    texts += [o.get("data", {}).get("text/markdown", "") for o in outputs]
+    return "\n".join(texts), sum("image/png" in o.get("data", {}) for o in outputs)
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference data {REFERENCE} is absent")
 def test_notebook_on_reference_data(tmp_path, monkeypatch):
-    """What a fresh clone sees before `make sweep`: no sweep, so the reference data and L(N, D)."""
-    outputs = _execute(monkeypatch, tmp_path, tmp_path / "no_sweep_here")
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 6
+    """What a fresh clone sees before `make sweep`: no sweep, so the Epoch reference data and L(N, D)."""
+    text, images = _execute(monkeypatch, tmp_path, tmp_path / "no_sweep_here")
+    assert images >= 5
     fit = json.loads((tmp_path / "out" / "chinchilla" / "fit.json").read_text())
+    assert fit["valid"] is True
     assert fit["params"]["alpha"] == pytest.approx(0.34731, rel=5e-3)
+    assert "240 configurations" in text and "valid: True" in text
+    assert "Held out, the largest budget's" in text and "**Conclusion**" in text
+    assert "Besiroglu" in text or "Epoch" in text  # the published rows beside ours
 
 
-def test_notebook_on_fixed_ratio_sweep(tmp_path, monkeypatch):
-    """After `make sweep`: runs at 20 tokens per parameter, so L(N) and the envelope (no IsoFLOP profiles)."""
-    outputs = _execute(monkeypatch, tmp_path, make_tpp_sweep(tmp_path))
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "fitting Kaplan's L(N)" in text and "not available for this data" in text
-    assert (tmp_path / "out" / "kaplan_n" / "fit.json").exists()
-    assert (tmp_path / "out" / "envelope" / "fit.json").exists()
+def test_notebook_on_a_real_sweep_too_small_for_its_law(tmp_path, monkeypatch, corpus_dir):
+    """Three sizes, two seeds each, trained for real: seeds are averaged into three points, and L(N) with a
+    floor (three parameters) is refused with its reason; no parameter table, no conclusion drawn."""
+    sweep_dir = tmp_path / "runs" / "tiny_seeded"
+    overrides = [*tiny_overrides(corpus_dir, tmp_path / "data"), *TINY_LADDER, "sweep.size=nano_3k,nano_7k,nano_14k"]
+    overrides[overrides.index("sweep.seeds=[0]")] = "sweep.seeds=[0,1]"
+    multirun(sweep_dir, overrides)
+    text, images = _execute(monkeypatch, tmp_path, sweep_dir)
+    assert "6 completed runs of 6" in text
+    assert "3 configurations from 6 runs; seed spread (pooled)" in text
+    assert "REFUSED: the data cannot support kaplan_n" in text and "gives only 3 usable points" in text
+    assert "valid:" not in text and "95% low" not in text and images == 0
+    assert "nothing is concluded from it" in text
+    fit = json.loads((tmp_path / "out" / "kaplan_n" / "fit.json").read_text())
+    assert fit["valid"] is False and fit["refused"] is True and fit["reasons"]

@@ -122,6 +122,22 @@ def test_force_fits_and_marks_every_output_invalid(tmp_path):
     assert on_disk["figures"] and all((out / f).stat().st_size > 5000 for f in on_disk["figures"])
 
 
+def test_a_refusal_removes_the_figures_of_an_earlier_fit_in_the_same_folder(tmp_path):
+    out = tmp_path / "fit"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forced = fit_source(ladder(tmp_path), "chinchilla", out, bootstrap=20, force=True)
+        assert all((out / f).exists() for f in forced["figures"] + forced["figures_pdf"])
+        too_few = write_csv(
+            tmp_path / "two.csv", [{"N": 1e6, "D": 1e9, "loss": 3.0}, {"N": 2e6, "D": 1e9, "loss": 2.9}]
+        )
+        with pytest.raises(AnalysisError, match="gives only 2 usable points"):
+            fit_source(too_few, "kaplan_n", out, bootstrap=20)
+    refused = json.loads((out / "fit.json").read_text())
+    assert refused["refused"] and refused["valid"] is False and "gives only 2 usable points" in refused["reasons"][0]
+    assert not list(out.glob("*.png")) and not list(out.glob("*.pdf"))
+
+
 def isoflop_rows(shift_last: float) -> list[dict]:
     """Exact parabolas in log N around N_opt = 0.1 C^0.5; the last budget's sizes shifted below its minimum."""
     rows = []
