@@ -310,7 +310,26 @@ def envelope(
     alloc = _finish_envelope(budgets, n_opt, losses.min(axis=1), curves, bootstrap, seed, "per-step records")
     if note:
         alloc.warnings.append(note)
+    unannealed = unannealed_share(curves, budgets, np.argmin(losses, axis=1))
+    if unannealed > 0:
+        alloc.warnings.append(
+            f"{unannealed:.0%} of the envelope's budgets are won at steps whose learning rate had not decayed yet "
+            "(above 1.5x the run's final rate): those losses sit above what a run annealed at that length reaches, "
+            "so Approach 1 is biased there; anneal at each budget (WSD branches) or use --law isoflop on run ends."
+        )
     return alloc
+
+
+def unannealed_share(curves: list[Curve], budgets: np.ndarray, winners: np.ndarray) -> float:
+    """The share of budgets whose winning run was still above 1.5x its final learning rate there."""
+    late = []
+    for c, j in zip(budgets, winners, strict=True):
+        cv = curves[j]
+        if cv.lr is None or not cv.lr[-1] > 0:
+            continue
+        lr_there = np.interp(np.log(c), np.log(cv.flops), cv.lr)
+        late.append(lr_there > 1.5 * cv.lr[-1])
+    return float(np.mean(late)) if late else 0.0
 
 
 def envelope_from_points(points: Points, *, bootstrap: int = 0, seed: int = 0) -> Allocation:

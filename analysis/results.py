@@ -50,6 +50,9 @@ SUMMARY_FIELDS = (
     "n_devices",
     "git_sha",
     "error",
+    "config_seeds",
+    "config_val_loss_mean",
+    "config_val_loss_std",
 )
 _SKIP_DIRS = {"checkpoints", "tb", ".hydra", "__pycache__"}  # never hold results.json; can be large
 SWEEP_DEFAULTS = {"N": "params_nonembed", "D": "tokens", "C": "flops", "loss": "final_val_loss"}
@@ -72,6 +75,7 @@ class Curve:
     flops: np.ndarray
     tokens: np.ndarray
     loss: np.ndarray
+    lr: np.ndarray | None = None  # the learning rate at each row, when the records have it
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
@@ -118,15 +122,31 @@ def read_results(sweep_dir: str | Path) -> list[dict]:
 
 def summary_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
     """The scalar fields of every record, and the column order for summary.csv: config_id and seed name the
-    configuration and the seed of each run (rows with one config_id are seeds of one configuration)."""
+    configuration and the seed of each run (rows with one config_id are seeds of one configuration), and
+    config_seeds, config_val_loss_mean and config_val_loss_std aggregate that configuration's completed seeds."""
     rows = [{k: v for k, v in rec.items() if v is None or isinstance(v, str | int | float | bool)} for rec in records]
     for row, rec in zip(rows, records, strict=True):
         config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         row["config_id"] = config_id(rec)
         row["seed"] = (config.get("train") or {}).get("seed") if isinstance(config.get("train"), dict) else None
+    _add_config_means(rows)
     present = set().union(*rows) if rows else set()
     columns = [c for c in SUMMARY_FIELDS if c in present] + sorted(present - set(SUMMARY_FIELDS))
     return columns, rows
+
+
+def _add_config_means(rows: list[dict]) -> None:
+    """Per configuration, on each of its rows: how many completed seeds, their mean and std validation loss."""
+    losses: dict[str, list[float]] = {}
+    for row in rows:
+        loss = row.get("final_val_loss")
+        if row.get("status") == "completed" and isinstance(loss, int | float) and math.isfinite(loss):
+            losses.setdefault(row["config_id"], []).append(float(loss))
+    for row in rows:
+        values = losses.get(row["config_id"], [])
+        row["config_seeds"] = len(values)
+        row["config_val_loss_mean"] = float(np.mean(values)) if values else None
+        row["config_val_loss_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def write_summary(sweep_dir: str | Path) -> tuple[Path, list[str], list[dict]]:
@@ -178,7 +198,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """Training rows of metrics.jsonl (those with a `loss`): step, tokens, flops, loss, sorted by step."""
+    """Training rows of metrics.jsonl (those with a `loss`): step, tokens, flops, loss, lr, sorted by step."""
     path = Path(run_dir) / METRICS
     rows = []
     lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
@@ -192,7 +212,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
         if row.get("loss") is not None and row.get("flops") is not None:
             rows.append(row)
     rows.sort(key=lambda r: r.get("step", 0))
-    keys = ("step", "tokens", "flops", "loss")
+    keys = ("step", "tokens", "flops", "loss", "lr")
     return {k: np.array([math.nan if r.get(k) is None else float(r[k]) for r in rows]) for k in keys}
 
 
@@ -217,7 +237,8 @@ def load_curves(sweep_dir: str | Path, n_column: str | None = None) -> tuple[lis
             raise AnalysisError(
                 f"run {run} has fewer than 2 usable rows (flops, loss) in {METRICS}; log more often or exclude the run."
             )
-        curves.append(Curve(rec["run_dir"], float(n), m["flops"][ok], m["tokens"][ok], m["loss"][ok]))
+        lr = m["lr"][ok] if np.isfinite(m["lr"][ok]).all() else None
+        curves.append(Curve(rec["run_dir"], float(n), m["flops"][ok], m["tokens"][ok], m["loss"][ok], lr))
     if not curves:
         raise AnalysisError(f"{sweep_dir} holds no completed runs with per-step records; there is nothing to fit.")
     return curves, failed

@@ -63,6 +63,10 @@ def test_summary_csv_is_read_as_it_is_file_or_folder(tmp_path):
     assert {"config_id", "seed"} <= set(columns)
     ids = {r["run_dir"]: r["config_id"] for r in rows}
     assert ids["n1000"] == ids["n1000-s1"] != ids["n2000"]
+    by_dir = {r["run_dir"]: r for r in rows}
+    assert by_dir["n1000"]["config_seeds"] == 2 and by_dir["bad"]["config_seeds"] == 0
+    assert by_dir["n1000-s1"]["config_val_loss_mean"] == pytest.approx(4.0)
+    assert by_dir["n1000"]["config_val_loss_std"] == pytest.approx(np.sqrt(2) * 0.01)
     only = tmp_path / "only_summary"
     only.mkdir()
     shutil.copy(path, only / "summary.csv")

@@ -106,6 +106,21 @@ def test_envelope_recovers_allocation_exponent():
     assert intervals["a"][0] <= alloc.a <= intervals["a"][1]
 
 
+def test_envelope_warns_when_its_winners_are_steps_of_runs_not_yet_annealed():
+    """Each run decays its learning rate over its own length (cosine to 10%): most budgets are won mid-run."""
+    p = TRUE["chinchilla"]
+    law = get_law("chinchilla")
+    curves = []
+    for n in np.geomspace(1e6, 1e9, 12):
+        tokens = np.geomspace(1e6, 1e12, 200)
+        lr = 1e-4 + 0.9e-3 * 0.5 * (1 + np.cos(np.pi * np.arange(200) / 199))
+        curves.append(Curve(f"N={n:.2g}", float(n), 6 * n * tokens, tokens, law.predict(p, N=n, D=tokens), lr))
+    (note,) = [w for w in approaches.envelope(curves).warnings if "had not decayed" in w]
+    assert note.endswith("or use --law isoflop on run ends.") and int(note.split("%")[0]) > 50
+    annealed = [Curve(c.name, c.N, c.flops, c.tokens, c.loss, np.full(200, 1e-4)) for c in curves]
+    assert not [w for w in approaches.envelope(annealed).warnings if "had not decayed" in w]
+
+
 def test_prediction_check_reports_expected_error():
     """Noise-free L(N, D) data whose 3 largest compute budgets measured 2% above the law: the check holds out every
     point of those budgets (two runs 1% apart in compute are one budget) and reports -1.96%."""
