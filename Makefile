@@ -19,7 +19,7 @@ RUNTIME ?= $(PY) -m research.cpu.runtime --
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data train sweep test test-unit lint format bench bench-wheels bench-fit plan tensorboard clean
+.PHONY: setup data train sweep test test-unit lint format bench bench-wheels bench-fit bench-data plan tensorboard clean
 
 setup: $(STAMP)
 
@@ -69,7 +69,7 @@ plan: setup
 
 # Times the jitted train step after warm-up: compile time, step time, tokens/s, TFLOP/s and MFU in both
 # FLOP conventions, the data loader's tokens/s beside it. The CPU set here (nano_xl, nanogpt_bench_s/m);
-# gpt2_small 32x1024 (bf16, cuDNN attention; also the compile from the persistent cache) on a GPU.
+# gpt2_small and gpt2_medium 32x1024 (bf16, cuDNN attention; small also from the persistent cache) on a GPU.
 # ARGS: e.g. --model nano_m --mesh fsdp --batch 32.
 bench: setup
 	$(RUNTIME) $(PY) experiments/bench.py $(ARGS)
@@ -78,7 +78,7 @@ bench: setup
 # pinned to this venv's versions, into .whl/ (git-ignored; carry it to the device).
 BENCH_WHEELS := flax hydra-core omegaconf grain array-record portpicker cloudpickle
 bench-wheels: setup
-	rm -rf .whl && mkdir -p .whl
+	mkdir -p .whl && rm -f .whl/*.whl  # data.tar.xz (experiments/device_run.py --pack-data) stays
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl \
@@ -88,6 +88,11 @@ bench-wheels: setup
 
 bench-fit: setup
 	$(PY) -m analysis bench
+
+# Preparing synthetic corpora of 0.3 and 3 GB (written once under data/bench/): peak RSS, time per stage, MB/s
+# and tokens/s with 1 and 2 workers against the tokenizer's own rate (docs/performance.md). About 30 minutes.
+bench-data: setup
+	$(PY) experiments/bench_data.py $(ARGS)
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir runs/

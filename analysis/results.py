@@ -59,7 +59,7 @@ SWEEP_DEFAULTS = {"N": "params_nonembed", "D": "tokens", "C": "flops", "loss": "
 # Config keys that tell seeds of one configuration apart without changing what it is, and the sections that
 # never change what a run computes (the same list as research/train/records.py's NOT_COMPUTED).
 SEED_KEYS = ("train.seed", "train.run_name")
-NOT_COMPUTED = ("output", "plan.", "sweep.")
+NOT_COMPUTED = ("output", "plan.", "sweep.", "data.workers", "data.executor", "data.slurm.", "data.on_bad_record")
 
 
 class AnalysisError(ValueError):

@@ -1,8 +1,8 @@
 """Time the jitted train step: compile time, step time, tokens/s, TFLOP/s and MFU (both conventions).
 
-    python experiments/bench.py                          # preset by device: gpu -> gpt2_small, else the CPU set
+    python experiments/bench.py                          # preset by device: gpu -> gpt2_small + medium, else the CPU set
     python experiments/bench.py --preset cpu             # nano_xl 16x128, nanogpt_bench_s/m 16x256 (float32)
-    python experiments/bench.py --preset gpu             # gpt2_small 32x1024, bf16 compute, cuDNN attention
+    python experiments/bench.py --preset gpu             # gpt2_small, gpt2_medium 32x1024, bf16, cuDNN attention
     python experiments/bench.py --model nano_m --mesh fsdp --batch 32 --seq-len 128 --steps 10 \\
         --set model.compute_dtype=bfloat16 --set model.remat=full --json bench.json
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/bench.py --model nano_s --mesh fsdp_tp
@@ -58,11 +58,13 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
         dict(model="nanogpt_bench_s", batch=16, seq_len=256, steps=10, warmup=2),
         dict(model="nanogpt_bench_m", batch=16, seq_len=256, steps=3, warmup=1),
     ],
-    # One GPU: GPT-2 small at its full context, bf16 matmuls, cuDNN flash attention, vocab padded to 128.
+    # One GPU: GPT-2 small (and medium) at the full context, bf16 matmuls, cuDNN flash attention, vocab padded to 128.
     "gpu": [
         dict(model="gpt2_small", batch=32, seq_len=1024, steps=20, warmup=3,
              sets=["model.compute_dtype=bfloat16", "model.attention_impl=cudnn", "model.vocab_pad_multiple=128"],
              cached_compile=True),
+        dict(model="gpt2_medium", batch=32, seq_len=1024, steps=10, warmup=2,
+             sets=["model.compute_dtype=bfloat16", "model.attention_impl=cudnn", "model.vocab_pad_multiple=128"]),
     ],
 }  # fmt: skip
 
@@ -128,7 +130,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=None, help="window (default: the model's context)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument(
+        "--microbatches",
+        type=lambda v: v if v == "auto" else int(v),
+        default=1,
+        help="gradient accumulation: a count, or auto (the fewest that fit the device's memory)",
+    )
     p.add_argument(
         "--streams", type=int, default=None, help="sub-batches per step (default: automatic, as train.streams=null)"
     )

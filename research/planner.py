@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from research import flops, memory
+from research import flops, memory, memory_fit
 from research.budget import budget
 from research.config.schema import Config
 from research.errors import ConfigError
@@ -144,10 +144,36 @@ def make_plan(cfg: Config) -> dict[str, Any]:
     if plan.fit:
         out.update(chinchilla_fit(plan.fit, out["flops"]))
     notes: list[str] = []
+    cfg = _automatic_fit(cfg, sizes, out)
     est = _memory_figures(cfg, sizes, n_dev, out, notes)
     _device_figures(cfg, n_dev, est, out, notes)
     out["notes"] = notes
     return out
+
+
+def _automatic_fit(cfg: Config, sizes: dict[str, int], out: dict[str, Any]) -> Config:
+    """train.microbatches=auto as a run would choose it on plan.device (its usable share, or train.memory_budget_gb
+    when set): cfg with the choice applied, the choice into `out`. Nothing fits: the least memory is planned
+    (and reported as not fitting), the run's sentence as the reason."""
+    out["microbatches_setting"] = cfg.train.microbatches
+    out["memory_fit"] = None
+    if not memory_fit.is_auto(cfg.train):
+        return cfg
+    device_memory = _device_memory(cfg)
+    if cfg.train.memory_budget_gb is not None:
+        usable, source = memory_fit.from_budget(cfg.train.memory_budget_gb)
+    elif device_memory is not None:
+        usable = round(cfg.plan.memory_fraction * device_memory)
+        source = f"{cfg.plan.device}'s usable {cfg.plan.memory_fraction:.0%}"
+    else:
+        usable, source = None, "plan with no device (plan.device=null)"
+    try:
+        fit = memory_fit.choose(cfg, sizes, usable, source)
+    except ConfigError as e:
+        least = min(memory_fit.candidates(cfg, sizes), key=lambda c: c.planned_bytes)
+        fit = memory_fit.Fit(least, -1, usable, source, str(e))  # the text's "automatic fit" line says why
+    out["memory_fit"] = fit.record()
+    return memory_fit.apply(cfg, fit)
 
 
 def _memory_figures(cfg: Config, sizes: dict[str, int], n_dev: int, out: dict[str, Any], notes: list[str]) -> dict:
@@ -279,6 +305,11 @@ def render_text(p: dict[str, Any]) -> str:
         f"  total           {_gb(p['mem_total_bytes']):>14}",
         "  by remat        " + "   ".join(f"{k} {_gb(v)}" for k, v in p["mem_total_bytes_by_remat"].items()),
     ]
+    if p["memory_fit"] is not None:
+        lines.append(
+            f"  automatic fit   train.microbatches=auto -> {p['microbatches']} microbatches, remat={p['remat']}: "
+            + p["memory_fit"]["reason"].split(": ", 1)[-1]
+        )
     if p["device_memory_bytes"] is not None:
         usable = p["memory_fraction"] * p["device_memory_bytes"]
         verdict = "fits" if p["fits"] else "does NOT fit"

@@ -23,7 +23,7 @@ from research import flops
 from research.config.derived import d_head
 from research.config.schema import Config, DataConfig
 from research.parallel.mesh import describe
-from research.train.programs import build
+from research.train.programs import build, compile_fitted, xla_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,8 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
         for _ in range(2)
     ]
     t0 = time.perf_counter()
-    compiled = p.train_step.lower(state, tokens[0]).compile()  # traces in the mesh context the step was made in
+    # traces in the mesh context the step was made in; train.microbatches=auto: XLA's figure confirms the choice
+    p, compiled = compile_fitted(p, lambda q: q.train_step.lower(state, tokens[0]).compile())
     compile_s = time.perf_counter() - t0
     cached_s = cached_compile_time(p.train_step, state, tokens[0]) if cached_compile else None
 
@@ -66,14 +67,15 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
         "mesh": describe(p.mesh),
         "batch": train.batch_size,
         "seq_len": b.seq_len,
-        "microbatches": train.microbatches,
+        "microbatches": p.microbatches,
+        "memory_fit": p.fit.reason if p.fit else None,
         "streams": p.streams,
         "compute_dtype": model.compute_dtype,
         "param_dtype": model.param_dtype,
         "attention_requested": model.attention_impl,
         "attention_impl": p.record()["attention_impl"],
         "kernels": p.kernels.record(),
-        "remat": model.remat,
+        "remat": p.remat,
         "scan_layers": model.scan_layers,
         "params": b.params,
         "n_layer": model.n_layer,
@@ -92,6 +94,8 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
         "tokens_per_s": tps,
         "loss": float(metrics["loss"]),
         "peak_flops": peak,
+        "xla_bytes": xla_bytes(compiled),  # XLA's figure for the train step on one device
+        "peak_bytes": peak_device_bytes(),  # the allocator's high-water mark over the whole case (GPU; None on CPU)
     }
     fpt = flops.flops_per_token(model, b.seq_len)
     for conv, key in (("model", "flops_per_token"), ("6n", "flops_per_token_6n")):
@@ -101,6 +105,15 @@ def bench_case(cfg: Config, *, steps: int, warmup: int, loader: bool = True, cac
     if loader:
         out.update(loader_throughput(train.batch_size, b.seq_len))
     return out
+
+
+def peak_device_bytes() -> int | None:
+    """The most bytes the first device's allocator has held in this process (None where it keeps no count)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return None
+    return stats.get("peak_bytes_in_use")
 
 
 def cached_compile_time(step: Any, *args: Any) -> float:

@@ -53,6 +53,10 @@ def _fmt_flops(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
+def _fmt_bytes(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e9:.2f} GB"
+
+
 def report(r: dict[str, Any]) -> str:
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"  # noqa: E731
     peak = "unknown" if r["peak_flops"] is None else f"{r['peak_flops'] / 1e12:.3g} TFLOP/s"
@@ -73,6 +77,9 @@ def report(r: dict[str, Any]) -> str:
         f" FLOP/token)   {r['tflops_6n']:.4g} (6N non-embedding, {_fmt_flops(r['flops_per_token_6n'])} FLOP/token)",
         f"   MFU         {pct(r['mfu_model'])} (model)   {pct(r['mfu_6n'])} (6N)   of peak {peak}"
         + (" [CPU peak is an estimate]" if r["platform"] == "cpu" else ""),
+        f"   memory      {_fmt_bytes(r.get('peak_bytes'))} peak on device 0 (allocator), "
+        f"{_fmt_bytes(r.get('xla_bytes'))} XLA's figure for the step"
+        + (f"; auto: {r['memory_fit']}" if r.get("memory_fit") else ""),
     ]
     ref = PYTORCH_CPU_TOKENS_PER_S.get(r["model"]) if r["platform"] == "cpu" and r["batch"] == 16 else None
     if ref and r["seq_len"] == 256:

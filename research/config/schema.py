@@ -59,17 +59,38 @@ class ModelConfig:
 
 
 @dataclass
+class SlurmDataConfig:
+    """data.executor=slurm: the job array that encodes the work units (submitit's parameters)."""
+
+    partition: str | None = None
+    timeout_min: int = 120
+    cpus_per_task: int = 1
+    mem_gb: float = 4.0
+    array_parallelism: int = 256  # tasks running at once
+    additional: dict[str, Any] = field(default_factory=dict)  # other sbatch settings, e.g. {account: x}
+
+
+@dataclass
 class DataConfig:
     name: str = "shakespeare"
-    # Built-in corpus names (see research/data/corpus.py) or user paths: files, folders, globs,
-    # *.jsonl (text in `text_field`).
-    sources: list[str] = field(default_factory=lambda: ["shakespeare"])
+    # Built-in corpus names (research/data/builtin.py), user paths (text, jsonl[.gz|.zst], parquet files,
+    # folders, globs, a `datasets` save_to_disk folder), or {source: ..., weight: ..., name: ...} for a
+    # weighted mixture (every source weighted, or none).
+    sources: list[Any] = field(default_factory=lambda: ["shakespeare"])
     text_field: str = "text"
     cache_dir: str = "data"  # relative paths resolve against the project root
     vocab_size: int = "${model.vocab_size}"  # type: ignore[assignment]
-    val_fraction: float = 0.02  # share of documents held out for validation
-    split_seed: int = 1234
+    val_fraction: float = 0.02  # expected share of documents held out (by a hash of each document)
+    split_seed: int = 1234  # keys the split hash and the tokenizer's line sample
     chunk_chars: int = 8192  # long texts are cut at blank lines into ~this many chars (documents); 0 = keep whole
+    tokenizer: str | None = None  # an existing SentencePiece .model or Hugging Face tokenizer.json; null: train one
+    eos_token: str | None = None  # the document separator of a tokenizer.json, when not one of the usual names
+    on_bad_record: str = "skip"  # skip (count and report) | fail
+    workers: int | None = None  # encoding processes; null: every core
+    executor: str = "local"  # local (a process pool) | slurm | submitit_local (submitit's local executor)
+    unit_mb: int = 16  # work units: files larger than this are cut into byte ranges of about this size
+    tokenizer_sample_mb: int = 1024  # input read (a seeded subset of units) to sample the tokenizer's lines
+    slurm: SlurmDataConfig = field(default_factory=SlurmDataConfig)
 
 
 @dataclass
@@ -93,7 +114,10 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 16  # global batch, in sequences
     seq_len: int | None = None  # training window; default: the model's context
-    microbatches: int = 1  # gradient accumulation inside the jitted step
+    # gradient accumulation inside the jitted step: a count, or auto (the fewest that fit the device's memory,
+    # then more remat; research/memory_fit.py). Any: OmegaConf 2.3 has no int | str field
+    microbatches: Any = 1
+    memory_budget_gb: float | None = None  # auto's usable memory per device (GB); null: the device's own limit
     # independent sub-batches per (micro)batch, for the CPU's two threads; null: automatic (research/cpu/streams.py)
     streams: int | None = None
     # Budget: exactly one of these three.

@@ -43,14 +43,20 @@ def validate(cfg: Config, n_devices: int | None = None) -> None:
         check_batch_split(cfg.train, logical_shards(sizes, rules, "batch"))
 
 
+def fixed_microbatches(train: Any) -> Any:
+    """train.microbatches, with auto counted as 1 (the automatic choice only takes counts that split)."""
+    return 1 if train.microbatches == "auto" else train.microbatches
+
+
 def check_batch_split(train: Any, shards: int) -> None:
     """The global batch splits evenly over the data shards, the microbatches and (when set) the streams."""
-    parts = shards * train.microbatches * (train.streams or 1)
+    microbatches = fixed_microbatches(train)
+    parts = shards * microbatches * (train.streams or 1)
     if train.batch_size % parts:
         streams = f" x {train.streams} streams" if train.streams else ""
         raise ConfigError(
             f"train.batch_size={train.batch_size} is not divisible by the {shards} data shards x "
-            f"{train.microbatches} microbatches{streams}; pick a multiple of {parts}."
+            f"{microbatches} microbatches{streams}; pick a multiple of {parts}."
         )
 
 
@@ -93,12 +99,23 @@ def _validate_batch_and_budget(cfg: Config) -> None:
         )
     if train.batch_size <= 0:
         raise ConfigError(f"train.batch_size={train.batch_size} must be positive; set a positive global batch.")
-    if train.microbatches < 1 or train.batch_size % train.microbatches:
+    microbatches = fixed_microbatches(train)
+    if (
+        isinstance(microbatches, bool)
+        or not isinstance(microbatches, int)
+        or microbatches < 1
+        or train.batch_size % microbatches
+    ):
         raise ConfigError(
-            f"train.microbatches={train.microbatches} must be a positive divisor of "
-            f"train.batch_size={train.batch_size}; choose one that divides the batch."
+            f"train.microbatches={train.microbatches!r} must be a positive divisor of "
+            f"train.batch_size={train.batch_size} or auto; choose one that divides the batch."
         )
-    micro_rows = train.batch_size // train.microbatches
+    if train.memory_budget_gb is not None and not train.memory_budget_gb > 0:
+        raise ConfigError(
+            f"train.memory_budget_gb={train.memory_budget_gb} must be positive; give the usable GB per device "
+            "or null for the device's own limit."
+        )
+    micro_rows = train.batch_size // microbatches
     if train.streams is not None and (train.streams < 1 or micro_rows % train.streams):
         raise ConfigError(
             f"train.streams={train.streams} must be a positive divisor of the {micro_rows} sequences per "

@@ -1,90 +1,73 @@
-"""`python -m research.data [--name shakespeare] [--vocab-size 512] ...`: prepare a dataset and
-print its summary (documents, bytes, tokens per split, bytes/token, unigram entropy).
+"""`python -m research.data [OVERRIDES] [--json] [--bench]`: prepare a dataset and print its summary.
 
---name picks conf/data/<name>.yaml when it exists (its sources and settings), else a built-in
-corpus of that name; --sources overrides the sources. Used by `make data`.
+Overrides are Hydra's, with the same keys as a training run:
+    python -m research.data                                   # the default corpus (`make data`)
+    python -m research.data data=books
+    python -m research.data data.sources=[/corpora/owt/*.jsonl.zst] data.name=owt data.vocab_size=32768
+    python -m research.data data.name=owt2 data.sources=[...] data.tokenizer=/models/gpt2/tokenizer.json
+    python -m research.data data=books data.executor=slurm data.slurm.partition=cpu   # a SLURM job array
+--json prints meta.json instead of the summary; --bench also times the train loader.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 
-from omegaconf import OmegaConf
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from research.config.schema import DataConfig
-from research.data.corpus import BUILTINS, PROJECT_ROOT
+from research.config.cli import check_cli
+from research.config.hydra import CONF_DIR, compose, to_config
 from research.data.loader import TokenLoader
-from research.data.tokens import prepare
+from research.data.prepare import prepare
 from research.errors import ConfigError
 
 
-def data_config(name: str, sources: list[str] | None, vocab_size: int, **overrides) -> DataConfig:
-    base = OmegaConf.structured(DataConfig)
-    yaml = PROJECT_ROOT / "conf" / "data" / f"{name}.yaml"
-    if yaml.exists():
-        loaded = OmegaConf.load(yaml)
-        loaded.pop("defaults", None)
-        base = OmegaConf.merge(base, loaded)
-    elif sources is None and name not in BUILTINS:
-        raise ConfigError(
-            f"data.name={name!r} is neither conf/data/{name}.yaml nor a built-in corpus ({', '.join(BUILTINS)}); "
-            "pass --sources or pick one of those."
-        )
-    else:
-        base.sources = [name]
-    base.name = name
-    if sources is not None:
-        base.sources = sources
-    base.vocab_size = vocab_size
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(base, k, v)
-    return OmegaConf.to_object(base)  # type: ignore[return-value]
+def _bench(ds) -> None:
+    logging.getLogger("research.data").setLevel(logging.ERROR)  # the timing loop may pass an epoch
+    for seq_len, batch in ((128, 16), (1024, 64)):
+        it = TokenLoader(ds.train_tokens(), seq_len=seq_len, global_batch=batch, seed=0)
+        next(it)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 2.0:
+            n += next(it).size
+        print(f"  loader       seq_len {seq_len} batch {batch}: {n / (time.perf_counter() - t0):,.0f} tokens/s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m research.data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", default="shakespeare", help="conf/data/<name>.yaml or a built-in corpus")
-    p.add_argument("--sources", nargs="+", help="built-in names, files, folders, globs, *.jsonl")
-    p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--val-fraction", type=float, default=None)
-    p.add_argument("--split-seed", type=int, default=None)
-    p.add_argument("--chunk-chars", type=int, default=None)
-    p.add_argument("--text-field", default=None)
-    p.add_argument("--bench", action="store_true", help="also time the train loader (tokens/s)")
-    p.add_argument("--json", action="store_true", help="print meta.json instead of the summary")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
+    flags = {a for a in argv if a.startswith("--")}
+    overrides = [a for a in argv if not a.startswith("--")]
+    unknown = flags - {"--json", "--bench"}
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = data_config(
-            args.name,
-            args.sources,
-            args.vocab_size,
-            cache_dir=args.cache_dir,
-            val_fraction=args.val_fraction,
-            split_seed=args.split_seed,
-            chunk_chars=args.chunk_chars,
-            text_field=args.text_field,
-        )
-        ds = prepare(cfg, verbose=not args.json)
+        if unknown:
+            raise ConfigError(
+                f"{sorted(unknown)[0]} is not an option of python -m research.data (--json, --bench); settings "
+                "are Hydra overrides such as data.sources=[...] data.cache_dir=... data.vocab_size=..."
+            )
+        bad = [a for a in overrides if "=" not in a]
+        if bad:
+            raise ConfigError(f"{bad[0]!r} is not an override; write key=value, e.g. data.sources=[{bad[0]}].")
+        message = check_cli(overrides, CONF_DIR)
+        if message:
+            raise ConfigError(message)
+        ds = prepare(to_config(compose(overrides)).data, verbose="--json" not in flags)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(ds.meta, indent=2) if args.json else ds.summary())
-    if args.bench:
-        logging.getLogger("research.data").setLevel(logging.ERROR)  # the timing loop may pass an epoch
-        for seq_len, batch in ((128, 16), (1024, 64)):
-            it = TokenLoader(ds.train_tokens(), seq_len=seq_len, global_batch=batch, seed=0)
-            next(it)
-            t0, n = time.perf_counter(), 0
-            while time.perf_counter() - t0 < 2.0:
-                n += next(it).size
-            print(f"  loader       seq_len {seq_len} batch {batch}: {n / (time.perf_counter() - t0):,.0f} tokens/s")
+    except (HydraException, OmegaConfBaseException) as e:  # a malformed override: Hydra's first line says why
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(ds.meta, indent=2) if "--json" in flags else ds.summary())
+    if "--bench" in flags:
+        _bench(ds)
     return 0
 
 

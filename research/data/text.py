@@ -16,20 +16,29 @@ _GUTENBERG_END = re.compile(
 def strip_gutenberg(text: str) -> str:
     """Drop a Project Gutenberg header/licence (everything up to the START marker line) and
     footer (from the END marker line on). Text without the markers is returned unchanged."""
+    return cut_gutenberg_footer(strip_gutenberg_header(text))[0]
+
+
+def strip_gutenberg_header(text: str) -> str:
     start = _GUTENBERG_START.search(text)
-    if start:
-        text = text[start.end() :]
+    return text[start.end() :] if start else text
+
+
+def cut_gutenberg_footer(text: str) -> tuple[str, bool]:
+    """The text before a Project Gutenberg END marker line, and whether there was one."""
     end = _GUTENBERG_END.search(text)
-    if end:
-        text = text[: end.start()]
-    return text
+    return (text[: end.start()], True) if end else (text, False)
 
 
 def normalize_text(text: str) -> str:
     """Unix newlines, no trailing spaces, at most one blank line in a row, stripped ends."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = re.sub(r"[ \t]+\n", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text)
+    # Each rewrite only when its pattern occurs: the substring tests are far cheaper than the regexes.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = re.sub(r"[ \t]+\n", "\n", text)
+    if "\n\n\n" in text:
+        text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()
 
 

@@ -1,26 +1,30 @@
-"""SentencePiece BPE tokenizer: trained on the train split only, saved with the prepared data.
+"""Tokenizers: SentencePiece BPE trained on the train split (the default), or an existing one.
 
-Settings favour exact round trips (decode(encode(text)) == text): identity normalization, no
-whitespace collapsing, no dummy prefix, newline as its own piece, and byte fallback for any
-character outside the learned alphabet. Training is deterministic: a fixed seeded sample of
-at most MAX_TRAIN_LINES lines and a single trainer thread (the BPE trainer's result depends on
-its thread count).
+Training settings favour exact round trips (decode(encode(text)) == text): identity normalization, no
+whitespace collapsing, no dummy prefix, newline as its own piece, and byte fallback for any character
+outside the learned alphabet. Training is deterministic: a seeded sample of at most MAX_TRAIN_LINES lines
+(research/data/sample.py) and a single trainer thread (the BPE trainer's result depends on its thread count).
+
+`data.tokenizer=PATH` takes an existing SentencePiece `.model` or a Hugging Face `tokenizer.json`
+(research/data/hf_tokenizer.py); load_tokenizer opens either.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
+from research.data.sample import LineSample
 from research.errors import ConfigError
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 MAX_TRAIN_LINES = 400_000  # ~15 MB of text: trains in seconds, plenty for vocabularies <= 64k
+MAX_TRAIN_CHARS = 50_000_000  # and at most this much text, which bounds the trainer's memory (docs/performance.md)
 
 TRAINER_SETTINGS: dict = {
     "model_type": "bpe",
@@ -43,27 +47,24 @@ TRAINER_SETTINGS: dict = {
 }
 
 
-def training_lines(documents: Sequence[str], *, seed: int, max_lines: int = MAX_TRAIN_LINES) -> list[str]:
-    """Non-empty lines of the documents; a seeded uniform sample (kept in corpus order) when
-    there are more than max_lines."""
-    lines = [line for doc in documents for line in doc.split("\n") if line.strip()]
-    if len(lines) > max_lines:
-        keep = np.sort(np.random.default_rng(seed).choice(len(lines), size=max_lines, replace=False))
-        lines = [lines[i] for i in keep]
-    return lines
-
-
 def train_tokenizer(
-    documents: Sequence[str],
+    documents: Iterable[str],
     vocab_size: int,
     model_path: Path | str,
     *,
     seed: int = 0,
     max_lines: int = MAX_TRAIN_LINES,
 ) -> Path:
-    """Train a BPE model on `documents` and write it to model_path (plus a .vocab listing)."""
+    """Train a BPE model on a seeded sample of the documents' lines; write it to model_path (plus a .vocab)."""
+    sample = LineSample(max_lines, seed)
+    for doc in documents:
+        sample.add_document(doc)
+    return train_sentencepiece(sample.lines(MAX_TRAIN_CHARS), vocab_size, model_path, seed=seed)
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int, model_path: Path | str, *, seed: int = 0) -> Path:
+    """Train a BPE model on these lines (in this order) and write it to model_path (plus a .vocab listing)."""
     model_path = Path(model_path)
-    lines = training_lines(documents, seed=seed, max_lines=max_lines)
     if not lines:
         raise ConfigError("data.sources yields no text to train the tokenizer on; point it at non-empty text.")
     proto = io.BytesIO()
@@ -93,16 +94,20 @@ def train_tokenizer(
             ) from e
         raise
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(proto.getvalue())
-    tok = Tokenizer(model_path)
+    tmp = model_path.with_name(f".{model_path.name}.tmp")
+    tmp.write_bytes(proto.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
     model_path.with_suffix(".vocab").write_text(
-        "".join(f"{i}\t{tok.sp.id_to_piece(i)!r}\n" for i in range(tok.vocab_size)), encoding="utf-8"
+        "".join(f"{i}\t{sp.id_to_piece(i)!r}\n" for i in range(sp.get_piece_size())), encoding="utf-8"
     )
+    tmp.replace(model_path)  # last and atomic: a killed preparation never leaves half a model
     return model_path
 
 
 class Tokenizer:
-    """Thin wrapper over a SentencePieceProcessor."""
+    """Thin wrapper over a SentencePieceProcessor (the interface every tokenizer here has)."""
+
+    kind = "sentencepiece"
 
     def __init__(self, model_path: Path | str):
         self.path = Path(model_path)
@@ -124,5 +129,11 @@ class Tokenizer:
         return self.sp.id_to_piece(int(token_id))
 
 
-def load_tokenizer(model_path: Path | str) -> Tokenizer:
-    return Tokenizer(model_path)
+def load_tokenizer(path: Path | str, eos_token: str | None = None):
+    """A SentencePiece `.model` or a Hugging Face `tokenizer.json`, by its file name."""
+    path = Path(path)
+    if path.suffix == ".json":
+        from research.data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(path, eos_token=eos_token)
+    return Tokenizer(path)

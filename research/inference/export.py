@@ -181,8 +181,9 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", **(metadata or {})})
-    if tokenizer_path is not None:
-        shutil.copyfile(tokenizer_path, out / TOKENIZER_FILE)
+    if tokenizer_path is not None:  # a SentencePiece model, or the tokenizer.json the run was given
+        name = "tokenizer.json" if Path(tokenizer_path).suffix == ".json" else TOKENIZER_FILE
+        shutil.copyfile(tokenizer_path, out / name)
     return out
 
 

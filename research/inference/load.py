@@ -116,7 +116,7 @@ def restore_params(run_dir: Path | str, model_cfg: ModelConfig, step: int | None
 
 
 def tokenizer_path_of(config: dict[str, Any]) -> Path | None:
-    """The SentencePiece model the run trained with (prepared again, deterministically, if it is gone)."""
+    """The tokenizer file the run trained with (its data prepared again, deterministically, if it is gone)."""
     data = dict(config.get("data") or {})
     if not data:
         return None

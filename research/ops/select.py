@@ -46,11 +46,12 @@ class Kernels:
 PORTABLE = Kernels()  # XLA's kernels, no CPU workarounds: the model's default, the same on every platform
 
 
-def select(model_cfg: Any, platform: str, *, heads_shards: int = 1) -> Kernels:
+def select(model_cfg: Any, platform: str, *, heads_shards: int = 1, lower_only: bool = False) -> Kernels:
     """The kernels for this model on this platform ("cpu", "gpu"/"cuda", "tpu"); `heads_shards` is how many
-    ways the mesh splits the attention heads."""
+    ways the mesh splits the attention heads; lower_only: the programs are built for another platform than
+    this machine's, to be lowered, not compiled (so the cuDNN probe only lowers)."""
     cpu = platform == "cpu"
-    if str(model_cfg.attention_impl) == "cudnn" and cudnn_attention_runs(model_cfg, platform):
+    if str(model_cfg.attention_impl) == "cudnn" and cudnn_attention_runs(model_cfg, platform, lower_only=lower_only):
         attention = "cudnn"
     else:
         # The XLA kernel materialises the whole T x T score matrix; on the CPU the blocked one does not.
@@ -66,8 +67,9 @@ def attention_impl(kernels: Kernels) -> str:
 _warned: set[str] = set()
 
 
-def cudnn_attention_runs(model_cfg: Any, platform: str) -> bool:
-    """Whether cuDNN flash attention compiles here for this model; warns once per reason when it does not."""
+def cudnn_attention_runs(model_cfg: Any, platform: str, *, lower_only: bool = False) -> bool:
+    """Whether cuDNN flash attention compiles here for this model (lower_only: lowers for `platform`); warns once
+    per reason when it does not."""
     window = int(model_cfg.local_window) if model_cfg.attention == "alternating" else 0
     reason = _cudnn_unavailable(
         platform,
@@ -76,6 +78,7 @@ def cudnn_attention_runs(model_cfg: Any, platform: str) -> bool:
         int(d_head(model_cfg)),
         int(model_cfg.seq_len),
         window,
+        lower_only,
     )
     if reason is None:
         return True
@@ -91,9 +94,10 @@ def cudnn_attention_runs(model_cfg: Any, platform: str) -> bool:
 
 @functools.cache
 def _cudnn_unavailable(
-    platform: str, compute_dtype: str, n_head: int, head_size: int, seq_len: int, window: int
+    platform: str, compute_dtype: str, n_head: int, head_size: int, seq_len: int, window: int, lower_only: bool = False
 ) -> str | None:
-    """None when cuDNN flash attention compiles for these shapes (forward and backward), else the reason."""
+    """None when cuDNN flash attention compiles for these shapes (forward and backward; lower_only: lowers for
+    CUDA, which needs JAX to detect a cuDNN library but no GPU), else the reason."""
     if platform not in ("gpu", "cuda"):
         return f"the backend is {platform}, not a CUDA GPU"
     if compute_dtype not in ("bfloat16", "float16"):
@@ -109,8 +113,13 @@ def _cudnn_unavailable(
         return out.astype(jnp.float32).sum()
 
     try:
-        jax.jit(jax.grad(attend, argnums=(0, 1, 2))).lower(qkv, qkv, qkv).compile()
+        traced = jax.jit(jax.grad(attend, argnums=(0, 1, 2))).trace(qkv, qkv, qkv)
+        if lower_only:
+            traced.lower(lowering_platforms=("cuda",))
+        else:
+            traced.lower().compile()
     except Exception as e:  # noqa: BLE001 - any failure means: not available here
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return f"cuDNN attention did not compile for these shapes ({type(e).__name__}: {first})"
+        verb = "lower" if lower_only else "compile"
+        return f"cuDNN attention did not {verb} for these shapes ({type(e).__name__}: {first})"
     return None

@@ -74,12 +74,25 @@ def time_due(ckpt: Checkpointer, is_log: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(ckpt.time_due())))
 
 
-def evaluate(eval_step: Any, params: Any, val_batches: list[Any], bytes_per_token: float) -> dict[str, float]:
-    """Mean validation loss over a fixed slice, its standard error across sequences, and bits per byte."""
+def evaluate(
+    eval_step: Any, params: Any, val_batches: list[Any], bytes_per_token: float, by_source: Any = None
+) -> dict[str, float]:
+    """Mean validation loss over a fixed slice, its standard error across sequences, and bits per byte; with
+    by_source (each row's source, the names, each source's bytes per token) also val_loss/<source> and
+    val_bpb/<source>."""
     per_seq = np.concatenate([np.asarray(eval_step(params, b)) for b in val_batches])
     loss = float(per_seq.mean())
     stderr = float(per_seq.std(ddof=1) / math.sqrt(len(per_seq))) if len(per_seq) > 1 else float("nan")
-    return {"val_loss": loss, "val_loss_stderr": stderr, "val_bpb": bits_per_byte(loss, bytes_per_token)}
+    out = {"val_loss": loss, "val_loss_stderr": stderr, "val_bpb": bits_per_byte(loss, bytes_per_token)}
+    if by_source is not None:
+        rows, names, source_bpt = by_source
+        labels = np.concatenate(rows)[: len(per_seq)]
+        for i, name in enumerate(names):
+            mine = per_seq[labels == i]
+            if mine.size:
+                out[f"val_loss/{name}"] = float(mine.mean())
+                out[f"val_bpb/{name}"] = bits_per_byte(float(mine.mean()), source_bpt[i])
+    return out
 
 
 class MetricsHook:

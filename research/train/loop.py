@@ -134,6 +134,12 @@ def _train(cfg: Config, run_dir: Path, record: records.RunRecord, is_main: bool,
             ds, seq_len=b.seq_len, batch=cfg.train.batch_size, n_batches=cfg.train.eval_batches
         )
     ]
+    by_source = None
+    if len(ds.source_names) > 1:  # validation loss per source, from the same windows
+        rows = data_lib.val_batch_sources(
+            ds, seq_len=b.seq_len, batch=cfg.train.batch_size, n_batches=cfg.train.eval_batches
+        )
+        by_source = (rows, ds.source_names, ds.source_bytes_per_token_val())
     peak = cfg.train.device_peak_flops or flops.device_peak_flops(
         jax.devices()[0].device_kind, cfg.model.compute_dtype, jax.device_count()
     )
@@ -145,7 +151,7 @@ def _train(cfg: Config, run_dir: Path, record: records.RunRecord, is_main: bool,
         writers=writers,
         last=last,
         start_step=s.start_step,
-        evaluation=lambda params: evaluate(s.eval_step, params, val, ds.bytes_per_token_val),
+        evaluation=lambda params: evaluate(s.eval_step, params, val, ds.bytes_per_token_val, by_source),
     )
     s.health = s.monitor.counts(jax.device_get(guard_metrics(s.state.guard)))
     try:
@@ -165,8 +171,8 @@ def _open_session(
     b = p.budget
     record.update(**p.record())
     compile_started = time.perf_counter()  # timed apart from the rest of start-up
-    init, train_step, eval_step = p.compile()
-    record.update(compile_seconds=round(time.perf_counter() - compile_started, 3))
+    p, (init, train_step, eval_step) = programs.compile_fitted(p)  # auto microbatches: XLA's figure confirms
+    record.update(compile_seconds=round(time.perf_counter() - compile_started, 3), **p.record())
     if on_compiled is not None:
         on_compiled()
     loader = data_lib.train_loader(
@@ -244,6 +250,7 @@ def _finish(s: Session, record: records.RunRecord, last: dict[str, Any], t0: flo
         final_train_loss=last.get("loss"),
         final_val_loss=last.get("val_loss"),
         val_bpb=last.get("val_bpb"),
+        **_by_source(last),
         tokens_per_second=last.get("tokens_per_second"),
         mfu=last.get("mfu"),
         wall_seconds=round(time.time() - t0, 3),
@@ -263,6 +270,16 @@ def _finish(s: Session, record: records.RunRecord, last: dict[str, Any], t0: flo
             "skipped, %(rollbacks)d rollbacks",
             health,
         )
+
+
+def _by_source(last: dict[str, Any]) -> dict[str, Any]:
+    """results.json's val_loss_by_source and val_bpb_by_source, from the last evaluation's per-source rows."""
+    out = {}
+    for metric in ("val_loss", "val_bpb"):
+        rows = {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(f"{metric}/")}
+        if rows:
+            out[f"{metric}_by_source"] = rows
+    return out
 
 
 def _open_data(cfg: Config) -> data_lib.Dataset:

@@ -12,9 +12,10 @@ travel in the programs; the CPU's streams (research/cpu/streams.py) wrap the ste
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from research import memory_fit
 from research.budget import Budget, budget
 from research.checkpoint import restore_target
 from research.config.schema import Config
@@ -38,6 +40,7 @@ from research.train.state import TrainState, graphdef_of, init_fn, state_shardin
 from research.train.step import loss_and_grads, make_eval_step, make_train_step
 
 ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("train")
 
 
 def configure_compilation_cache() -> None:
@@ -69,21 +72,34 @@ class Programs:
     train_step: Any  # jit: (state, tokens[, scale]) -> (state, metrics)
     eval_step: Any  # jit: (params, tokens) -> per-sequence loss
     poison: bool  # the train step takes the test hook's loss scale (train.debug_poison_steps)
+    microbatches: int  # gradient accumulation in the train step (train.microbatches, resolved)
+    remat: str  # model.remat, resolved
+    fit: memory_fit.Fit | None  # the automatic choice (train.microbatches=auto), else None
+    config: Config  # the config as given (before the automatic choice), for a rebuild
+    devices: Sequence[Any] | None
+    platform: str
 
     def batch_struct(self) -> jax.ShapeDtypeStruct:
         shape = (self.batch_size, self.budget.seq_len + 1)
         return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
 
-    def compile(self) -> tuple[Any, Any, Any]:
-        """(init, train_step, eval_step) compiled for the run's shapes (or loaded from the cache)."""
+    def lower(self, platforms: tuple[str, ...] | None = None) -> tuple[Any, Any, Any]:
+        """(init, train_step, eval_step) lowered for the run's shapes; platforms: lower for those instead of this
+        backend (("cuda",) on a CPU machine: the GPU program, checked without a GPU)."""
+        kw = {"lowering_platforms": platforms} if platforms else {}
         with rule_table.activate(self.mesh, self.rules):
-            init = self.init.lower(jax.random.key(0)).compile()
+            init = self.init.trace(jax.random.key(0)).lower(**kw)
         args = [self.target, self.batch_struct()]
         if self.poison:
             args.append(jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(self.mesh, PartitionSpec())))
-        train_step = self.train_step.lower(*args).compile()
-        eval_step = self.eval_step.lower(self.target.params, self.batch_struct()).compile()
+        train_step = self.train_step.trace(*args).lower(**kw)
+        eval_step = self.eval_step.trace(self.target.params, self.batch_struct()).lower(**kw)
         return init, train_step, eval_step
+
+    def compile(self) -> tuple[Any, Any, Any]:
+        """(init, train_step, eval_step) compiled for the run's shapes (or loaded from the cache)."""
+        init, train_step, eval_step = self.lower()
+        return init.compile(), train_step.compile(), eval_step.compile()
 
     def init_state(self, seed: int) -> TrainState:
         """A fresh state, born sharded (the init traced in the mesh context)."""
@@ -96,20 +112,41 @@ class Programs:
             "attention_impl": select.attention_impl(self.kernels),
             "streams": self.streams,
             "kernels": self.kernels.record(),
+            "microbatches": self.microbatches,
+            "remat": self.remat,
+            "memory_fit": self.fit.record() if self.fit else None,
         }
 
 
-def build(cfg: Config, *, devices: Sequence[Any] | None = None) -> Programs:
+def build(
+    cfg: Config,
+    *,
+    devices: Sequence[Any] | None = None,
+    platform: str | None = None,
+    fit: memory_fit.Fit | None = None,
+) -> Programs:
     """The run's kernels, mesh, shardings, optimizer and jitted programs (nothing compiled yet); cfg must be
-    validated (research/config/validate.py)."""
-    train = cfg.train
+    validated (research/config/validate.py). platform: another platform than this backend's to build for (e.g.
+    "cuda" on a CPU machine, where the programs can be lowered but not compiled). Under train.microbatches=auto
+    the microbatches and remat are chosen here (`fit`: a choice already made)."""
+    given = cfg
     b = budget(cfg)
     schedule = lr_schedule(cfg.optim, b.steps, b.warmup)
     tx = build_optimizer(cfg.optim, schedule)
     mesh = make_mesh(cfg.mesh, devices)
     rules = rule_table.make_rules(cfg.mesh.rules)
-    platform = jax.default_backend()
-    kernels = select.select(cfg.model, platform, heads_shards=rule_table.logical_shards(mesh.shape, rules, "heads"))
+    here = jax.default_backend()
+    platform = platform or here
+    heads = rule_table.logical_shards(mesh.shape, rules, "heads")
+    kernels = select.select(cfg.model, platform, heads_shards=heads, lower_only=_name(platform) != _name(here))
+    if memory_fit.is_auto(cfg.train):
+        if fit is None:
+            usable, source = usable_memory(cfg, mesh.devices.flat[0])
+            fit = memory_fit.choose(cfg, dict(mesh.shape), usable, source, attention_impl=_planned_attention(kernels))
+        cfg = memory_fit.apply(cfg, fit)
+    else:
+        fit = None  # a fixed train.microbatches is the user's
+    train = cfg.train
     init = init_fn(cfg.model, kernels, tx)
     abstract = jax.eval_shape(init, jax.random.key(train.seed))
     shardings = state_shardings(abstract, mesh, rules)
@@ -147,6 +184,12 @@ def build(cfg: Config, *, devices: Sequence[Any] | None = None) -> Programs:
         train_step=train_step,
         eval_step=eval_step,
         poison=poison,
+        microbatches=train.microbatches,
+        remat=cfg.model.remat,
+        fit=fit,
+        config=given,
+        devices=devices,
+        platform=platform,
     )
 
 
@@ -154,5 +197,77 @@ def precompile(cfg: Config) -> float:
     """Compile a run's init, train and eval programs into the persistent compilation cache (what the run's
     own start-up then loads instead of compiling); returns the seconds it took."""
     t0 = time.perf_counter()
-    build(cfg).compile()
+    compile_fitted(build(cfg))
     return time.perf_counter() - t0
+
+
+def _name(platform: str) -> str:
+    return "gpu" if platform in ("gpu", "cuda") else platform
+
+
+def _planned_attention(kernels: Kernels) -> str:
+    """The attention the memory plan assumes: cudnn's only when it runs (the CPU's blocked kernel as xla's)."""
+    return "cudnn" if kernels.attention == "cudnn" else "xla"
+
+
+def usable_memory(cfg: Config, device: Any) -> tuple[int | None, str]:
+    """(bytes one device may use, where that figure comes from): train.memory_budget_gb when set, else the
+    device allocator's limit (a GPU's preallocated pool: 75% of its memory unless XLA_PYTHON_CLIENT_MEM_FRACTION
+    says otherwise), else None (a CPU reports none)."""
+    if cfg.train.memory_budget_gb is not None:
+        return memory_fit.from_budget(cfg.train.memory_budget_gb)
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{device.device_kind} allocator limit"
+    return None, f"no memory limit is known for {device.platform} devices (set train.memory_budget_gb)"
+
+
+def xla_bytes(compiled: Any) -> int | None:
+    """XLA's own memory figure for one device of a compiled program (arguments + outputs - donated + temporaries);
+    None where the backend reports none."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return int(total) if total > 0 else None
+
+
+def compile_fitted(p: Programs, compile_with: Callable[[Programs], Any] | None = None) -> tuple[Programs, Any]:
+    """p compiled (`compile_with(p)`, default p.compile(); its train step is [1] of a tuple, else the result).
+    Under train.microbatches=auto XLA's figure for the compiled train step confirms the planned choice; where
+    it does not fit, the choice moves along the candidates (research/memory_fit.py) by the factor XLA exceeded
+    the plan, and the programs are rebuilt. One log line says what was chosen and why."""
+    compile_with = compile_with or (lambda q: q.compile())
+    compiled = compile_with(p)
+    notes = []
+    while p.fit is not None and p.fit.usable_bytes is not None:
+        step = compiled[1] if isinstance(compiled, tuple) else compiled
+        measured = xla_bytes(step)
+        if measured is None or measured <= p.fit.usable_bytes:
+            tail = f"; XLA's figure {memory_fit.size(measured)} fits too" if measured is not None else ""
+            tail += f" ({'; '.join(notes)}, over the budget)" if notes else ""
+            p.fit = dataclasses.replace(p.fit, xla_bytes=measured, reason=p.fit.reason + tail)
+            break
+        c = p.fit.chosen
+        notes.append(f"XLA's figure for {c.microbatches} microbatches, remat={c.remat} was {memory_fit.size(measured)}")
+        scale = measured / c.planned_bytes
+        fit = memory_fit.choose(
+            p.config,
+            dict(p.mesh.shape),
+            p.fit.usable_bytes,
+            p.fit.budget,
+            after=p.fit.index,
+            scale=scale,
+            attention_impl=_planned_attention(p.kernels),
+        )
+        p = build(p.config, devices=p.devices, platform=p.platform, fit=fit)
+        compiled = compile_with(p)
+    if p.fit is not None:
+        log.info("memory fit (train.microbatches=auto): %s", p.fit.reason)
+    return p, compiled

@@ -34,6 +34,9 @@ RESULT_FIELDS = (
     # that ran while the previous member trained, and how long that compile took (research/cpu/compile_ahead.py)
     "compile_ahead_wait_seconds", "compile_ahead_seconds",
     "kernels",  # every kernel choice of research/ops/select.py (attention, merge_heads, residual_barrier)
+    # gradient accumulation and remat that ran (train.microbatches=auto chooses them: research/memory_fit.py)
+    # and, under auto, the choice's figures and reason (planned and XLA's bytes, the budget); else null
+    "microbatches", "remat", "memory_fit",
 )  # fmt: skip
 
 # Settings that may change between a run and its resumption without changing what it computes
@@ -43,12 +46,14 @@ RESUME_HARMLESS = frozenset({
     "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints", "train.device_peak_flops",
     "train.nan_policy", "train.max_bad_steps", "train.max_rollbacks", "train.spike_factor", "train.spike_window",
     "train.resume_from", "train.allow_external_resume", "train.experiment", "train.run_name", "train.debug_step_delay",
+    "train.memory_budget_gb",  # under auto it only splits the same update differently; a lower one gets past an OOM
 })  # fmt: skip
 # Sections of the composed config that never change what a run computes: output (plan.py's format), plan.*
 # (the planner's settings) and sweep.* (what picks a member: its shape, budget and rules; the resolved
 # model, data, optim and train settings say what it computes, so a member differing only in sweep.* -- a
-# re-centred grid, a longer ladder, another law -- is the same run).
-NOT_COMPUTED = ("output", "plan.", "sweep.")
+# re-centred grid, a longer ladder, another law -- is the same run), and how the data was prepared (its
+# workers, executor, bad-record policy: the same tokens either way).
+NOT_COMPUTED = ("output", "plan.", "sweep.", "data.workers", "data.executor", "data.slurm.", "data.on_bad_record")
 
 
 def git_sha() -> str | None:

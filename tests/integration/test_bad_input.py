@@ -55,7 +55,7 @@ CASES = [
     ("tokenizer_vocab_above_model", ["data.vocab_size=1024"], "data.vocab_size=1024 is above model.vocab_size=384"),
     ("vocab_too_small_for_the_tokenizer", ["model.vocab_size=200"], "data.vocab_size=200 is too small"),
     ("missing_data_path", ["data.sources=[/nonexistent/corpus]"], "data.sources: '/nonexistent/corpus' does not exist"),
-    ("empty_data_folder", ["data.sources=[{tmp}/empty_folder]"], "contains no *.txt files"),
+    ("empty_data_folder", ["data.sources=[{tmp}/empty_folder]"], "holds no .txt, .txt.gz"),
     ("empty_data_file", ["data.sources=[{tmp}/empty.txt]"], "contains no text"),
     ("validation_fraction", ["data.val_fraction=1.5"], "data.val_fraction=1.5 must lie in (0, 1)"),
     (

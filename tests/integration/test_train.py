@@ -34,6 +34,7 @@ def test_results_json_has_every_field(trained):
         assert isinstance(on_disk[key], float) and on_disk[key] > 0, key
     assert on_disk["config"]["model"]["name"] == "nano_xs"
     assert on_disk["streams"] == 1  # automatic: float32 compute runs one stream
+    assert (on_disk["microbatches"], on_disk["remat"], on_disk["memory_fit"]) == (1, "none", None)  # as set
     assert on_disk["error"] is None
     # the session's overhead, part of its wall time: start-up up to the first step, and that first step
     assert 0 < on_disk["startup_seconds"] and 0 < on_disk["compile_seconds"]
@@ -121,3 +122,23 @@ def test_a_run_records_the_streams_it_used(tmp_path, corpus_dir):
     )
     assert results["status"] == "completed" and results["streams"] == 2
     assert results["config"]["train"]["streams"] == 2
+
+
+def test_automatic_microbatches_under_a_budget_are_recorded(tmp_path, corpus_dir, caplog):
+    """train.microbatches=auto on the CPU against train.memory_budget_gb: results.json says what ran and why."""
+    from research import memory_fit
+    from research.config.hydra import compose, to_config
+
+    overrides = tiny_overrides(corpus_dir, tmp_path / "data", "train.steps=4", "train.eval_every=4")
+    cfg = to_config(compose([*overrides, "train.microbatches=auto"]))
+    two = memory_fit.candidates(cfg, {"data": 1, "fsdp": 1, "tensor": 1})[1]  # 2 microbatches, remat none
+    budget = f"train.memory_budget_gb={two.planned_bytes * 1.001 / 1e9:.9f}"
+    with caplog.at_level("INFO", logger="train"):
+        results = train_in_process(tmp_path / "run", [*overrides, "train.microbatches=auto", budget])
+    assert results["status"] == "completed" and results["config"]["train"]["microbatches"] == "auto"
+    fit = results["memory_fit"]
+    assert (results["microbatches"], results["remat"]) == (fit["microbatches"], fit["remat"])
+    assert results["microbatches"] >= 2 and fit["planned_bytes"] <= fit["usable_bytes"]
+    assert fit["xla_bytes"] is not None and fit["xla_bytes"] <= fit["usable_bytes"]  # the CPU reports XLA's figure
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory fit")]
+    assert fit["reason"] in line and "XLA's figure" in line

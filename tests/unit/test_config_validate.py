@@ -58,6 +58,11 @@ BAD = [
     ({"train.seq_len": 128}, "train.seq_len=128 is above the model's context model.seq_len=64"),
     ({"train.batch_size": 0}, "train.batch_size"),
     ({"train.microbatches": 3}, "train.microbatches=3"),
+    (
+        {"train.microbatches": "most"},
+        "train.microbatches='most' must be a positive divisor of train.batch_size=8 or auto",
+    ),
+    ({"train.memory_budget_gb": 0.0}, "train.memory_budget_gb=0.0 must be positive"),
     ({"train.streams": 0}, "train.streams=0 must be a positive divisor"),
     ({"train.steps": None}, "exactly one of train.steps, train.tokens, train.tokens_per_param"),
     ({"train.tokens": 1000}, "exactly one of train.steps, train.tokens, train.tokens_per_param"),
